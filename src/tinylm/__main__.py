@@ -1,0 +1,5 @@
+"""`python -m tinylm ...` (also what torchrun launches)."""
+
+from tinylm.cli import main
+
+raise SystemExit(main())

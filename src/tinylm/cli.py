@@ -1,0 +1,296 @@
+"""The `tinylm` command: one entry point, one subcommand per pipeline stage.
+
+    tinylm prepare SOURCE... --out DATA      text -> token files + manifest
+    tinylm train [CONFIG.yaml] [k=v...] --out RUN
+    tinylm eval RUN [--split val test]        loss, perplexity, bits per byte
+    tinylm generate RUN --prompt TEXT         sample text
+    tinylm report RUN...                      results table (Markdown)
+
+Errors a user can cause print one line and exit 2; heavy imports (torch) happen only
+inside the subcommand that needs them, so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tinylm import __version__
+from tinylm.errors import TinyLMError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except TinyLMError as err:
+        print(f"tinylm {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"tinylm {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinylm",
+        description="Train small GPT-style language models from scratch: "
+        "prepare data, train, evaluate, generate, report.",
+        epilog="Quick start: make demo. Each subcommand has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"tinylm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize text into train/val/test token files",
+        description="Read documents from files, directories, JSONL or built-in corpora, split "
+        "them by document into train/val/test (seeded hash of each document), tokenize, and "
+        "write DIR/{train,val,test}.bin plus DIR/manifest.json.",
+    )
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="a text file, a directory of text files (.txt .md .rst .text, .jsonl), a .jsonl "
+        "file, or builtin:sotu / builtin:wiki",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output dataset directory")
+    p.add_argument("--tokenizer", default="gpt2", help="tokenizer name (default: gpt2)")
+    p.add_argument("--split", default="98,1,1", help="train,val,test shares (default: 98,1,1)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the split (default: 1337)")
+    p.add_argument(
+        "--text-field", default="text", help="JSONL field holding the text (default: text)"
+    )
+    p.add_argument(
+        "--on-invalid-utf8",
+        choices=("error", "skip", "replace"),
+        default="error",
+        help="a file that is not UTF-8: stop with an error (default), skip it, "
+        "or replace bad bytes",
+    )
+    p.add_argument("--threads", type=int, default=0, help="tokenizer threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model from a config",
+        description="Train a GPT on a prepared dataset. Settings come from an optional YAML "
+        "config (configs/*.yaml) and dotted overrides such as train.lr=5e-4 or model=seed-d256. "
+        "Writes config.yaml, metrics.jsonl, checkpoints/latest/ and loss.png into --out.",
+    )
+    p.add_argument(
+        "settings",
+        nargs="*",
+        metavar="CONFIG|KEY=VALUE",
+        help="a YAML config file and/or overrides, e.g. configs/seed_exp1.yaml optim.lr=5e-4",
+    )
+    p.add_argument("--out", required=True, type=Path, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per byte on held-out splits",
+        description="Evaluate a run's latest checkpoint on whole splits of its dataset. Prints "
+        "a table and records the results in RUN/eval.json.",
+    )
+    p.add_argument("run", type=Path, help="run directory (or checkpoint directory)")
+    p.add_argument("--split", nargs="+", default=["val", "test"], help="splits (default: val test)")
+    p.add_argument("--data", type=Path, help="dataset directory (default: the one it trained on)")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="blocks per forward pass (default: 32)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a trained model",
+        description="Continue a prompt with the run's latest checkpoint. Samples are printed "
+        "and appended to RUN/samples.txt.",
+    )
+    p.add_argument("run", type=Path, help="run directory (or checkpoint directory)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=100, help="tokens to generate (default: 100)"
+    )
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    p.add_argument(
+        "--top-k", type=int, default=50, help="keep the k likeliest tokens; 0 = all (default: 50)"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = off (default: 0.95)"
+    )
+    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "report",
+        help="summarise one or more runs as a Markdown table",
+        description="Read run directories (config, metrics, checkpoint, eval.json, samples) "
+        "and print a Markdown results table. With one run it is also saved as RUN/report.md.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="run directories")
+    p.add_argument("--out", type=Path, help="also write the report to this file")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import os
+
+    from tinylm.data.prepare import PrepareOptions, parse_split, prepare
+    from tinylm.data.sources import SourceOptions
+
+    opts = PrepareOptions(
+        sources=args.sources,
+        out=args.out,
+        tokenizer=args.tokenizer,
+        split=parse_split(args.split),
+        seed=args.seed,
+        source_options=SourceOptions(args.text_field, args.on_invalid_utf8),
+        num_threads=args.threads or max(1, os.cpu_count() or 1),
+        overwrite=args.overwrite,
+    )
+    manifest = prepare(opts)
+    for name, info in manifest["splits"].items():
+        print(f"{name:>5}: {info['documents']:>7,} documents {info['tokens']:>12,} tokens")
+    print(f"wrote {args.out}/ ({manifest['tokenizer']['name']}, {manifest['dtype']})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tinylm.config import load_config
+
+    config_files = [s for s in args.settings if "=" not in s]
+    overrides = [s for s in args.settings if "=" in s]
+    if len(config_files) > 1:
+        raise TinyLMError(f"one config file at most, got {', '.join(config_files)}")
+    config = load_config(config_files[0] if config_files else None, overrides)
+
+    from tinylm.training.trainer import train
+
+    result = train(config, args.out, overwrite=args.overwrite)
+    rate = result.tokens / result.elapsed_s if result.elapsed_s else 0.0
+    line = (
+        f"trained {result.steps:,} steps, {result.tokens:,} tokens in {result.elapsed_s:.0f} s "
+        f"({rate:,.0f} tokens/s) | final train loss {result.final_loss:.4f}"
+    )
+    if result.val:
+        line += f" | val loss {result.val.loss:.4f}, perplexity {result.val.perplexity:.2f}"
+    print(line)
+    print(f"wrote {result.run.path}/ (config.yaml, metrics.jsonl, checkpoints/latest, loss.png)")
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tinylm.data.dataset import PreparedDataset
+    from tinylm.data.tokenizer import get_tokenizer
+    from tinylm.device import resolve_device
+    from tinylm.evaluate import evaluate
+    from tinylm.rundir import write_atomic
+    from tinylm.training.checkpoint import load_checkpoint, resolve_checkpoint
+
+    if args.batch_size <= 0:
+        raise TinyLMError("--batch-size must be positive")
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.run, device)
+    dataset = PreparedDataset.open(args.data or ckpt.config.data.path)
+    tok = ckpt.meta["tokenizer"]
+    dataset.check_tokenizer(tok["fingerprint"], tok["name"], "the model")
+    tokenizer = get_tokenizer(tok["name"])
+    results = {}
+    print(f"{'split':>6} {'tokens':>10} {'loss':>8} {'perplexity':>11} {'bits/byte':>10}")
+    for split in args.split:
+        r = evaluate(
+            ckpt.model,
+            dataset.tokens(split),
+            ckpt.config.model.block_size,
+            args.batch_size,
+            device,
+            tokenizer.token_bytes,
+        )
+        results[split] = {**r.to_dict(), "dataset": str(dataset.path), "step": ckpt.meta["step"]}
+        bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte is not None else "-"
+        print(f"{split:>6} {r.tokens:>10,} {r.loss:>8.4f} {r.perplexity:>11.2f} {bpb:>10}")
+    run_dir = resolve_checkpoint(args.run).parent.parent
+    eval_file = run_dir / "eval.json"
+    if (run_dir / "config.yaml").is_file():  # record results only inside a run directory
+        previous = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
+        write_atomic(eval_file, json.dumps({**previous, **results}, indent=2) + "\n")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from tinylm.data.tokenizer import get_tokenizer
+    from tinylm.device import resolve_device
+    from tinylm.generate import generate
+    from tinylm.training.checkpoint import load_checkpoint, resolve_checkpoint
+
+    if args.max_new_tokens <= 0 or args.num_samples <= 0:
+        raise TinyLMError("--max-new-tokens and --num-samples must be positive")
+    if not 0 < args.top_p <= 1:
+        raise TinyLMError("--top-p must be in (0, 1]")
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.run, device)
+    tokenizer = get_tokenizer(ckpt.meta["tokenizer"]["name"])
+    prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
+    idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    out = generate(
+        ckpt.model,
+        idx,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        generator,
+        stop_token=tokenizer.eot_id,
+    )
+    samples = []
+    for i, row in enumerate(out.tolist()):
+        new = row[len(prompt_ids) :]
+        if tokenizer.eot_id in new:
+            new = new[: new.index(tokenizer.eot_id)]
+        text = args.prompt + tokenizer.decode(new)
+        samples.append(text)
+        print(f"--- sample {i + 1} (seed {args.seed}, temperature {args.temperature}) ---\n{text}")
+    run_dir = resolve_checkpoint(args.run).parent.parent
+    if (run_dir / "config.yaml").is_file():
+        with open(run_dir / "samples.txt", "a") as f:
+            for i, text in enumerate(samples):
+                f.write(
+                    f"--- step {ckpt.meta['step']} sample {i + 1} seed {args.seed} "
+                    f"temperature {args.temperature} top-k {args.top_k} top-p {args.top_p}\n"
+                    f"{text}\n"
+                )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tinylm.report import build_report
+    from tinylm.rundir import RunDir, write_atomic
+
+    text = build_report([RunDir(p) for p in args.runs])
+    print(text)
+    if len(args.runs) == 1:
+        write_atomic(RunDir(args.runs[0]).report, text)
+    if args.out:
+        write_atomic(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""Typed run configuration: dataclasses with a docstring per field, filled from YAML.
+
+No torch import here, so `tinylm --help` and config errors stay instant.
+
+A config file has four sections (model, data, optim, train). The model section may
+name a preset (`preset: seed-d128`) whose values the other keys then override.
+Command-line overrides use dotted keys: `train.lr=5e-4`, `model=seed-d256`.
+An unknown key is an error that names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinylm.errors import TinyLMError
+
+
+@dataclass
+class ModelConfig:
+    """The GPT's shape. Defaults are the reference study's Mini-GPT (seed-d128)."""
+
+    vocab_size: int = 50257
+    """Tokens in the vocabulary (GPT-2 BPE: 50,257). Must match the dataset's tokenizer."""
+    block_size: int = 128
+    """Longest sequence the model sees, in tokens (size of the position table)."""
+    n_layer: int = 2
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block; n_embd must be divisible by it."""
+    n_embd: int = 128
+    """Width of the residual stream (128 or 256 in the reference study)."""
+    dropout: float = 0.1
+    """Dropout on embeddings, attention weights and residual branches (training only)."""
+    bias: bool = True
+    """Biases in Linear and LayerNorm layers (the output projection never has one)."""
+    tie_embeddings: bool = False
+    """Share the token embedding with the output projection. The study's counts need False."""
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # The reference study's two widths; parameter counts 13.3M and 27.3M (untied).
+    "seed-d128": ModelConfig(n_embd=128),
+    "seed-d256": ModelConfig(n_embd=256),
+}
+
+
+@dataclass
+class DataConfig:
+    """Where the training tokens come from: a directory written by `tinylm prepare`."""
+
+    path: str = "data/wiki"
+    """Prepared dataset directory (holds manifest.json and one token file per split)."""
+    train_split: str = "train"
+    """Split to train on."""
+    val_split: str = "val"
+    """Split for periodic validation; empty string disables validation."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with gradient clipping, as in the reference study."""
+
+    lr: float = 1e-3
+    """Learning rate, constant (the reference study used 1e-3 and 5e-4)."""
+    weight_decay: float = 0.01
+    """Applied to weight matrices only; never to biases, LayerNorms or the position table."""
+    beta1: float = 0.9
+    """AdamW first-moment decay."""
+    beta2: float = 0.999
+    """AdamW second-moment decay (PyTorch's default, as the study used)."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batch, budget, evaluation cadence, seed and device."""
+
+    batch_size: int = 32
+    """Sequences of block_size tokens per optimizer step."""
+    epochs: float = 2.0
+    """Passes over the training blocks (the study ran 2). Fractions allowed."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps; 0 means no step limit."""
+    max_minutes: float = 0.0
+    """Stop after this much wall-clock training time; 0 means no time limit."""
+    eval_interval: int = 200
+    """Measure validation loss every this many steps (and at the end); 0 disables."""
+    eval_batches: int = 20
+    """Validation batches per measurement (the same fixed batches every time); 0 = whole split."""
+    log_interval: int = 1
+    """Write a metrics.jsonl record every this many steps."""
+    seed: int = 1337
+    """Seeds model init, data order and dropout."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
+    num_threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default (one per core)."""
+
+
+@dataclass
+class Config:
+    """A whole training run. `tinylm train` writes the resolved copy as config.yaml."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> Config:
+        m, t = self.model, self.train
+        _require(m.vocab_size > 0, "model.vocab_size must be positive")
+        _require(m.block_size >= 2, "model.block_size must be at least 2 (one input, one target)")
+        _require(m.n_layer > 0 and m.n_head > 0, "model.n_layer and model.n_head must be positive")
+        _require(
+            m.n_embd % m.n_head == 0,
+            f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}",
+        )
+        _require(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _require(self.optim.lr > 0, "optim.lr must be positive")
+        _require(t.batch_size > 0, "train.batch_size must be positive")
+        _require(
+            t.epochs > 0 or t.max_steps > 0 or t.max_minutes > 0,
+            "no training budget: set train.epochs, train.max_steps or train.max_minutes",
+        )
+        _require(t.log_interval > 0, "train.log_interval must be positive")
+        return self
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a Config from an optional YAML file and `section.key=value` overrides."""
+    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    if path is not None:
+        _merge(raw, _read_yaml(Path(path)), origin=str(path))
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TinyLMError(f"override {item!r} is not of the form section.key=value")
+        if key == "model":  # `model=seed-d256` picks a preset
+            key = "model.preset"
+        section, dot, name = key.partition(".")
+        if not dot:
+            raise TinyLMError(f"override {item!r} needs a section, e.g. train.{key}={value}")
+        _merge(raw, {section: {name: yaml.safe_load(value) if value else ""}}, origin=item)
+    return Config(
+        **{name: _build(cls, raw[name], name) for name, cls in SECTIONS.items()}
+    ).validate()
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with Config.to_dict (e.g. from a checkpoint)."""
+    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    _merge(raw, data, origin="saved config")
+    return Config(**{name: _build(cls, raw[name], name) for name, cls in SECTIONS.items()})
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TinyLMError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise TinyLMError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TinyLMError(f"{path}: expected a mapping of sections (model, data, optim, train)")
+    return data
+
+
+def _merge(raw: dict[str, dict[str, Any]], data: dict[str, Any], origin: str) -> None:
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise TinyLMError(
+                f"{origin}: unknown config section {section!r}{_hint(section, SECTIONS)}"
+            )
+        if section == "model" and isinstance(values, str):
+            values = {"preset": values}
+        if not isinstance(values, dict):
+            raise TinyLMError(f"{origin}: section {section!r} must be a mapping of keys to values")
+        raw[section].update(values)
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    values = dict(values)
+    base = cls()
+    if cls is ModelConfig and "preset" in values:
+        name = values.pop("preset")
+        if name not in MODEL_PRESETS:
+            raise TinyLMError(f"unknown model preset {name!r}{_hint(str(name), MODEL_PRESETS)}")
+        base = MODEL_PRESETS[name]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise TinyLMError(f"unknown config key {section}.{key}{_hint(key, fields, section)}")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return dataclasses.replace(base, **kwargs)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check and convert one value to its field's type (YAML reads 5e-4 as a string)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1"):
+                return True
+            if str(value).lower() in ("false", "no", "0"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            return "" if value is None else str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise TinyLMError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _hint(name: str, valid: Any, section: str | None = None) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    prefix = f"{section}." if section else ""
+    if close:
+        return f"; did you mean {prefix}{close[0]}?"
+    return f"; valid: {', '.join(prefix + v for v in valid)}"
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise TinyLMError(f"config: {message}")

@@ -1,0 +1,1 @@
+"""Data: sources -> prepare -> token files + manifest -> loader."""

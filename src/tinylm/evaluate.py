@@ -1,0 +1,63 @@
+"""Held-out metrics: loss, perplexity and bits per byte.
+
+All three come from the same token-weighted sums over every predicted token:
+    loss        = total nats / predicted tokens
+    perplexity  = exp(loss)
+    bits/byte   = total nats / ln 2 / UTF-8 bytes of the predicted tokens
+Bits per byte does not depend on the tokenizer, so it compares models across vocabularies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from tinylm.data.loader import eval_batches
+from tinylm.loss import next_token_loss
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    perplexity: float
+    bits_per_byte: float | None
+    tokens: int
+    """Predicted tokens the averages are over."""
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    device: torch.device,
+    token_bytes: np.ndarray | None = None,
+    max_batches: int = 0,
+) -> EvalResult:
+    """Token-weighted metrics of `model` on a split's tokens (all of it when max_batches=0)."""
+    was_training = model.training
+    model.eval()
+    total_nats = 0.0
+    total_tokens = 0
+    total_bytes = 0
+    byte_table = torch.from_numpy(token_bytes) if token_bytes is not None else None
+    for batch in eval_batches(tokens, block_size, batch_size, max_batches):
+        batch = batch.to(device)
+        nll = next_token_loss(model(batch), batch, reduction="none")  # (B, T-1) nats
+        total_nats += nll.sum(dtype=torch.float64).item()
+        total_tokens += nll.numel()
+        if byte_table is not None:
+            total_bytes += int(byte_table[batch[:, 1:].cpu()].sum())  # bytes of the targets
+    model.train(was_training)
+    if total_tokens == 0:
+        return EvalResult(math.nan, math.nan, None, 0)
+    loss = total_nats / total_tokens
+    bpb = total_nats / math.log(2) / total_bytes if total_bytes else None
+    return EvalResult(loss, math.exp(loss), bpb, total_tokens)

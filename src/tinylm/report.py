@@ -1,0 +1,128 @@
+"""Results tables built from run directories only (never from memory of a process).
+
+Per run: parameters, tokens seen, wall time, tokens/s, final train loss, best validation
+loss (periodic, fixed batches), and whole-split val/test loss, perplexity and bits per
+byte from `tinylm eval` (RUN/eval.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import yaml
+
+from tinylm.errors import TinyLMError
+from tinylm.rundir import RunDir
+
+COLUMNS = (
+    "run",
+    "params",
+    "tokens",
+    "wall time",
+    "tokens/s",
+    "train loss",
+    "best val loss (periodic)",
+    "val loss",
+    "val ppl",
+    "val bpb",
+    "test loss",
+    "test ppl",
+    "test bpb",
+)
+
+
+def summarize(run: RunDir) -> dict[str, Any]:
+    """The facts a results table needs, read from the run directory's files."""
+    if not run.config.is_file():
+        raise TinyLMError(f"{run.path}: not a tinylm run directory (no config.yaml)")
+    records = run.read_metrics()
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    meta_file = run.latest_checkpoint / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    evals = json.loads(run.eval_results.read_text()) if run.eval_results.is_file() else {}
+    last = train[-1] if train else {}
+    return {
+        "run": run.path.name,
+        "config": yaml.safe_load(run.config.read_text()),
+        "params": meta.get("num_parameters"),
+        "tokens": last.get("tokens"),
+        "elapsed_s": last.get("elapsed_s"),
+        "tokens_per_s": last.get("tokens_per_s"),
+        "train_loss": last.get("loss"),
+        "best_val_loss": min((r["val_loss"] for r in val), default=None),
+        "eval": evals,
+    }
+
+
+def build_report(runs: list[RunDir]) -> str:
+    summaries = [summarize(run) for run in runs]
+    lines = ["# tinylm results", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for s in summaries:
+        ev = s["eval"]
+        cells = [
+            s["run"],
+            _millions(s["params"]),
+            _millions(s["tokens"]),
+            _minutes(s["elapsed_s"]),
+            _num(s["tokens_per_s"], "{:,.0f}"),
+            _num(s["train_loss"], "{:.4f}"),
+            _num(s["best_val_loss"], "{:.4f}"),
+        ]
+        for split in ("val", "test"):
+            r = ev.get(split, {})
+            cells += [
+                _num(r.get("loss"), "{:.4f}"),
+                _num(r.get("perplexity"), "{:.2f}"),
+                _num(r.get("bits_per_byte"), "{:.4f}"),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Loss is cross-entropy in nats per token; perplexity = exp(loss); val/test columns "
+        "cover whole splits (`tinylm eval`), 'best val loss' the periodic checks on fixed batches.",
+    ]
+    if len(summaries) == 1:
+        lines += _single_run_details(runs[0], summaries[0])
+    return "\n".join(lines) + "\n"
+
+
+def _single_run_details(run: RunDir, s: dict[str, Any]) -> list[str]:
+    cfg = s["config"]
+    m, o, t = cfg["model"], cfg["optim"], cfg["train"]
+    lines = [
+        "",
+        "## Setup",
+        "",
+        f"- model: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
+        f"block {m['block_size']}, vocab {m['vocab_size']:,}, dropout {m['dropout']}, "
+        f"tied embeddings: {m['tie_embeddings']}",
+        f"- optimizer: AdamW lr {o['lr']}, weight decay {o['weight_decay']}, "
+        f"betas ({o['beta1']}, {o['beta2']}), grad clip {o['grad_clip']}",
+        f"- batch {t['batch_size']} x {m['block_size']} tokens, seed {t['seed']}, "
+        f"data {cfg['data']['path']}",
+    ]
+    if run.loss_plot.is_file():
+        lines += ["", f"![loss curves]({run.loss_plot.name})"]
+    if run.samples.is_file():
+        samples = run.samples.read_text().strip()
+        lines += ["", "## Samples", "", "```", samples[-3000:], "```"]
+    return lines
+
+
+def _num(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def _millions(value: Any) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f}M"
+
+
+def _minutes(seconds: Any) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"

@@ -1,0 +1,79 @@
+"""The run directory: everything one training run writes, in one place.
+
+RUN/config.yaml                  resolved configuration (all fields, presets expanded)
+RUN/metrics.jsonl                one JSON record per logged step / validation / eval
+RUN/checkpoints/latest/          model.safetensors + meta.json (see checkpoint.py)
+RUN/loss.png                     train and validation loss curves
+RUN/eval.json                    `tinylm eval` results per split
+RUN/samples.txt                  `tinylm generate` output
+RUN/report.md                    `tinylm report` summary
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinylm.errors import TinyLMError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.checkpoints / "latest"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / "loss.png"
+
+    @property
+    def eval_results(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples.txt"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            raise TinyLMError(f"{self.path}: no metrics.jsonl; is this a tinylm run directory?")
+        records = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a run killed mid-write leaves at most one partial last line
+        return records
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a whole file or nothing: a temporary file beside it, fsynced, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(tmp, mode) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

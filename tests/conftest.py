@@ -1,0 +1,54 @@
+"""Shared fixtures: a real prepared dataset (builtin:wiki, GPT-2 BPE) and one tiny trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinylm.config import ModelConfig
+from tinylm.data.prepare import PrepareOptions, prepare
+
+# A model small enough to train in seconds on 2 cores, on the real GPT-2 vocabulary.
+TINY_OVERRIDES = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "model.dropout=0.0",
+    "train.batch_size=8",
+    "train.max_steps=30",
+    "train.eval_interval=10",
+    "train.eval_batches=2",
+    "optim.lr=3e-3",
+]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def small_model_config() -> ModelConfig:
+    """A byte-sized vocabulary: for tests of the model and loss that need no tokenizer."""
+    return ModelConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def wiki_data(tmp_path_factory) -> Path:
+    """builtin:wiki prepared with the real GPT-2 tokenizer (about 1 s)."""
+    out = tmp_path_factory.mktemp("data") / "wiki"
+    prepare(PrepareOptions(sources=["builtin:wiki"], out=out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, wiki_data) -> Path:
+    """A finished tiny training run through the real CLI."""
+    from tinylm.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", f"data.path={wiki_data}", *TINY_OVERRIDES, "--out", str(out)]) == 0
+    return out

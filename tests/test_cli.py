@@ -1,0 +1,207 @@
+"""The real `tinylm` CLI end to end, and every bad input a user can cause."""
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import TINY_OVERRIDES
+
+from tinylm.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# --- the happy path: prepare -> train -> eval -> generate -> report -----------------------
+
+
+def test_train_writes_a_complete_run(tiny_run):
+    assert (tiny_run / "config.yaml").is_file()
+    assert (tiny_run / "loss.png").stat().st_size > 10_000
+    assert {p.name for p in (tiny_run / "checkpoints" / "latest").iterdir()} == {
+        "model.safetensors",
+        "meta.json",
+    }
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    assert [r["step"] for r in val] == [10, 20, 30]
+    assert train[-1]["tokens"] == 30 * 8 * 32
+    assert train[0]["loss"] > 10.5 and train[-1]["loss"] < train[0]["loss"] - 2  # it learns
+    assert all(r["grad_norm"] > 0 and r["lr"] == 3e-3 for r in train)
+    meta = json.loads((tiny_run / "checkpoints" / "latest" / "meta.json").read_text())
+    assert meta["step"] == 30 and meta["tokenizer"]["name"] == "gpt2"
+
+
+def test_eval_generate_report(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--split", "val", "test")
+    assert code == 0 and "perplexity" in out
+    results = json.loads((tiny_run / "eval.json").read_text())
+    for split in ("val", "test"):
+        r = results[split]
+        assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-9)
+        assert 4 < r["loss"] < 10.5 and 0.5 < r["bits_per_byte"] < 4 and r["tokens"] > 5000
+
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        tiny_run,
+        "--prompt",
+        "The history of",
+        "--max-new-tokens",
+        20,
+        "--num-samples",
+        2,
+        "--seed",
+        1,
+    )
+    assert code == 0 and out.count("The history of") == 2
+    assert (tiny_run / "samples.txt").read_text().count("The history of") == 2
+    code2, out2, _ = run_cli(
+        capsys,
+        "generate",
+        tiny_run,
+        "--prompt",
+        "The history of",
+        "--max-new-tokens",
+        20,
+        "--num-samples",
+        2,
+        "--seed",
+        1,
+    )
+    assert out2 == out  # seeded
+
+    code, out, _ = run_cli(capsys, "report", tiny_run)
+    assert code == 0 and "| tiny |" in out and "## Samples" in out
+    assert (tiny_run / "report.md").read_text() == out.rstrip("\n") + "\n"
+
+
+def test_help_explains_every_subcommand():
+    for args in ([], ["prepare"], ["train"], ["eval"], ["generate"], ["report"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "tinylm", *args, "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 0 and "usage: tinylm" in result.stdout
+        assert len(result.stdout) > 300
+
+
+# --- bad input: one clear line, exit 2, nothing half-written ------------------------------
+
+
+def test_missing_path(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "prepare", tmp_path / "nope.txt", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "nope.txt", "no such file")
+    assert not (tmp_path / "d").exists()
+
+
+def test_empty_corpus(tmp_path, capsys):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("   \n")
+    code, _, err = run_cli(capsys, "prepare", tmp_path / "corpus", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "no documents")
+    assert not (tmp_path / "d").exists()
+
+
+def test_non_utf8_file(tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
+    code, _, err = run_cli(capsys, "prepare", tmp_path / "latin1.txt", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "not valid UTF-8 at byte 3", "--on-invalid-utf8")
+    assert not (tmp_path / "d").exists()
+
+
+def test_binary_file(tmp_path, capsys):
+    (tmp_path / "x.txt").write_bytes(bytes(range(256)) * 4)
+    code, _, err = run_cli(capsys, "prepare", tmp_path / "x.txt", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "binary")
+
+
+def test_bad_jsonl_field(tmp_path, capsys):
+    (tmp_path / "a.jsonl").write_text('{"content": "hello"}\n')
+    code, _, err = run_cli(capsys, "prepare", tmp_path / "a.jsonl", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "a.jsonl:1", "no field 'text'", "--text-field")
+
+
+def test_unknown_config_key(tmp_path, capsys, wiki_data):
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        f"data.path={wiki_data}",
+        "optim.learning_rate=1e-3",
+        "--out",
+        tmp_path / "run",
+    )
+    assert_one_line_error(code, err, "optim.learning_rate")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset(tmp_path, capsys):
+    code, _, err = run_cli(
+        capsys, "train", f"data.path={tmp_path / 'none'}", "--out", tmp_path / "r"
+    )
+    assert_one_line_error(code, err, "tinylm prepare")
+
+
+def test_shards_from_another_tokenizer_are_refused(tmp_path, capsys, wiki_data, tiny_run):
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in wiki_data.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer"]["fingerprint"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+
+    code, _, err = run_cli(
+        capsys, "train", f"data.path={other}", *TINY_OVERRIDES, "--out", tmp_path / "r"
+    )
+    assert_one_line_error(code, err, "tokenized with gpt2")
+    assert not (tmp_path / "r").exists()
+    before = (tiny_run / "eval.json").read_text() if (tiny_run / "eval.json").exists() else None
+    code, _, err = run_cli(capsys, "eval", tiny_run, "--data", other)
+    assert_one_line_error(code, err, "tokenized with gpt2", "the model")
+    after = (tiny_run / "eval.json").read_text() if (tiny_run / "eval.json").exists() else None
+    assert before == after
+
+
+def test_existing_run_is_not_overwritten(tiny_run, capsys, wiki_data):
+    before = (tiny_run / "metrics.jsonl").read_bytes()
+    code, _, err = run_cli(capsys, "train", f"data.path={wiki_data}", "--out", tiny_run)
+    assert_one_line_error(code, err, "already exists", "--overwrite")
+    assert (tiny_run / "metrics.jsonl").read_bytes() == before
+
+
+def test_no_checkpoint(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "generate", tmp_path)
+    assert_one_line_error(code, err, "no checkpoint")
+
+
+def test_error_through_the_console_script_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinylm",
+            "prepare",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

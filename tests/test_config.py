@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from tinylm.config import MODEL_PRESETS, load_config
+from tinylm.errors import TinyLMError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.mark.parametrize(
+    ("name", "n_embd", "lr", "batch"),
+    [("seed_exp1", 128, 1e-3, 32), ("seed_exp2", 128, 5e-4, 32), ("seed_exp3", 256, 5e-4, 16)],
+)
+def test_reference_presets_match_the_study(name, n_embd, lr, batch):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (2, 4, n_embd)
+    assert (cfg.model.block_size, cfg.model.vocab_size, cfg.model.dropout) == (128, 50257, 0.1)
+    assert not cfg.model.tie_embeddings
+    assert cfg.optim.lr == lr and cfg.train.batch_size == batch and cfg.train.epochs == 2
+    assert cfg.optim.weight_decay == 0.01 and cfg.optim.grad_clip == 1.0
+
+
+def test_every_shipped_config_loads():
+    for path in CONFIGS.glob("*.yaml"):
+        load_config(path)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(CONFIGS / "seed_exp1.yaml", ["optim.lr=5e-4", "train.batch_size=16"])
+    assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.batch_size == 16
+
+
+def test_preset_then_keys_override_it():
+    cfg = load_config(None, ["model=seed-d256", "model.dropout=0.0"])
+    assert cfg.model.n_embd == MODEL_PRESETS["seed-d256"].n_embd == 256
+    assert cfg.model.dropout == 0.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1e-3", "did you mean optim.lr?"),
+        ("trian.batch_size=4", "did you mean train?"),
+        ("train.batch_size=many", "train.batch_size: expected int"),
+        ("model=seed-d512", "unknown model preset"),
+        ("model.n_head=3", "not divisible"),
+        ("lr", "section.key=value"),
+    ],
+)
+def test_bad_settings_name_the_problem(override, message):
+    with pytest.raises(TinyLMError, match=message.replace("?", r"\?")):
+        load_config(None, [override])
+
+
+def test_bad_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(TinyLMError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(TinyLMError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,44 @@
+import math
+
+import numpy as np
+import torch
+
+from tinylm.data.tokenizer import get_tokenizer
+from tinylm.evaluate import evaluate
+from tinylm.loss import next_token_loss
+from tinylm.model import GPT
+
+
+def test_metrics_are_token_weighted_over_the_whole_split(small_model_config):
+    torch.manual_seed(0)
+    model = GPT(small_model_config).eval()
+    tokens = np.random.default_rng(0).integers(0, 64, size=32 * 5 + 7).astype(np.uint16)
+    byte_table = np.arange(64) % 3  # any per-token byte lengths
+    r = evaluate(
+        model, tokens, 32, batch_size=2, device=torch.device("cpu"), token_bytes=byte_table
+    )
+
+    # Reference: every block separately, summed in nats.
+    blocks = [tokens[i : i + 32] for i in range(0, 160, 32)] + [tokens[160:]]
+    nats, count, nbytes = 0.0, 0, 0
+    for block in blocks:
+        x = torch.from_numpy(block.astype(np.int64))[None]
+        nats += next_token_loss(model(x), x, reduction="sum").item()
+        count += x.shape[1] - 1
+        nbytes += byte_table[block[1:]].sum()
+    assert r.tokens == count == len(tokens) - len(blocks)
+    assert math.isclose(r.loss, nats / count, rel_tol=1e-5)
+    assert math.isclose(r.perplexity, math.exp(nats / count), rel_tol=1e-5)
+    assert math.isclose(r.bits_per_byte, nats / math.log(2) / nbytes, rel_tol=1e-5)
+
+
+def test_bits_per_byte_with_gpt2_bytes(tiny_run, wiki_data):
+    from tinylm.data.dataset import PreparedDataset
+    from tinylm.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_run)
+    ds = PreparedDataset.open(wiki_data)
+    tok = get_tokenizer("gpt2")
+    r = evaluate(ckpt.model, ds.tokens("val"), 32, 16, torch.device("cpu"), tok.token_bytes)
+    # English GPT-2 tokens average ~4.5 bytes, so bits/byte ≈ loss / ln2 / 4.5.
+    assert 3.5 < r.loss / math.log(2) / r.bits_per_byte < 5.5

@@ -1,0 +1,52 @@
+import torch
+
+from tinylm.generate import generate, sample_next
+from tinylm.model import GPT
+
+
+def test_greedy_is_deterministic_and_equals_top_k_1(small_model_config):
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    idx = torch.randint(0, 64, (2, 5))
+    greedy = generate(model, idx, 10, temperature=0)
+    again = generate(model, idx, 10, temperature=0)
+    top1 = generate(
+        model, idx, 10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(1)
+    )
+    assert greedy.shape == (2, 15)
+    assert torch.equal(greedy, again) and torch.equal(greedy, top1)
+    assert torch.equal(greedy[:, :5], idx)
+
+
+def test_seed_reproduces_samples(small_model_config):
+    model = GPT(small_model_config)
+    idx = torch.zeros(3, 1, dtype=torch.long)
+    a = generate(model, idx, 20, generator=torch.Generator().manual_seed(5))
+    b = generate(model, idx, 20, generator=torch.Generator().manual_seed(5))
+    c = generate(model, idx, 20, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_context_longer_than_block_size_is_cropped(small_model_config):
+    model = GPT(small_model_config)
+    out = generate(model, torch.zeros(1, 30, dtype=torch.long), 10, temperature=0)
+    assert out.shape == (1, 40)
+
+
+def test_top_k_and_top_p_restrict_the_candidates():
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]])
+    gen = torch.Generator().manual_seed(0)
+    drawn = {sample_next(logits, 1.0, 2, 1.0, gen).item() for _ in range(200)}
+    assert drawn == {0, 1}
+    # p(0) ≈ 0.71, p(0)+p(1) ≈ 0.97: top_p 0.9 keeps exactly the first two.
+    drawn = {sample_next(logits, 1.0, 0, 0.9, gen).item() for _ in range(200)}
+    assert drawn == {0, 1}
+    assert {sample_next(logits, 1.0, 0, 0.5, gen).item() for _ in range(50)} == {0}
+
+
+def test_stop_token_ends_generation(small_model_config):
+    model = GPT(small_model_config)
+    idx = torch.zeros(1, 3, dtype=torch.long)
+    first = generate(model, idx, 1, temperature=0)[0, -1].item()
+    out = generate(model, idx, 10, temperature=0, stop_token=first)
+    assert out.shape == (1, 4) and out[0, -1].item() == first

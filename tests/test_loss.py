@@ -1,0 +1,90 @@
+"""The reference study's first version forgot the shift and reached near-zero loss.
+These tests fail if next_token_loss shifts zero times or twice."""
+
+import math
+
+import pytest
+import torch
+
+from tinylm.config import MODEL_PRESETS
+from tinylm.loss import next_token_loss
+from tinylm.model import GPT
+
+
+def peaked_logits(tokens: torch.Tensor, offset: int, vocab: int) -> torch.Tensor:
+    """Logits that put (almost) all mass at position t on tokens[t + offset]."""
+    B, T = tokens.shape
+    logits = torch.zeros(B, T, vocab)
+    for t in range(T):
+        src = min(t + offset, T - 1)
+        logits[torch.arange(B), t, tokens[:, src]] = 30.0
+    return logits
+
+
+def test_only_the_one_step_shift_scores_perfect_predictions():
+    torch.manual_seed(0)
+    vocab = 50
+    tokens = torch.randint(0, vocab, (4, 24))
+    predicts_next = next_token_loss(peaked_logits(tokens, 1, vocab), tokens)
+    copies_current = next_token_loss(peaked_logits(tokens, 0, vocab), tokens)  # no shift
+    skips_one = next_token_loss(peaked_logits(tokens, 2, vocab), tokens)  # shifted twice
+    assert predicts_next < 1e-3
+    assert copies_current > 10 and skips_one > 10
+
+
+def test_reductions_agree():
+    torch.manual_seed(0)
+    logits, tokens = torch.randn(3, 10, 20), torch.randint(0, 20, (3, 10))
+    per_token = next_token_loss(logits, tokens, reduction="none")
+    assert per_token.shape == (3, 9)  # T - 1 predictions per block
+    assert torch.allclose(per_token.mean(), next_token_loss(logits, tokens))
+    assert torch.allclose(per_token.sum(), next_token_loss(logits, tokens, reduction="sum"))
+
+
+def test_loss_at_init_is_uniform_over_vocab():
+    torch.manual_seed(0)
+    model = GPT(MODEL_PRESETS["seed-d128"]).eval()
+    tokens = torch.randint(0, 50257, (2, 128))
+    loss = next_token_loss(model(tokens), tokens).item()
+    assert abs(loss - math.log(50257)) < 0.1
+
+
+def train_on(model, make_batch, loss_fn, steps, lr=3e-3):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        batch = make_batch()
+        loss = loss_fn(model(batch), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def unshifted_loss(logits, tokens):
+    """The study's bug: predict the token at the same position."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "can_reach_zero"), [(next_token_loss, False), (unshifted_loss, True)]
+)
+def test_random_tokens_cannot_be_learned_unless_the_shift_is_missing(
+    small_model_config, loss_fn, can_reach_zero
+):
+    """Fresh random tokens each step carry no learnable signal: a correct loss stays
+    near ln(vocab). The buggy loss lets the model copy its input and reach ~0."""
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    loss = train_on(model, lambda: torch.randint(0, 64, (16, 32)), loss_fn, steps=150)
+    if can_reach_zero:
+        assert loss < 0.5
+    else:
+        assert loss > math.log(64) - 0.3
+
+
+def test_memorises_a_short_fixed_sequence(small_model_config):
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    sequence = torch.randint(0, 64, (1, 32))
+    loss = train_on(model, lambda: sequence, next_token_loss, steps=150)
+    assert loss < 0.05
