@@ -23,6 +23,7 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 
 ## The main job: prepare the built-in corpus, train the 13.3M reference model for a few
 ## minutes, evaluate on held-out data, sample from it and summarise the run.
+demo: export THP_MEM_ALLOC_ENABLE := 1
 demo: venv
 	$(TINYLM) prepare builtin:wiki --out $(DEMO_DATA) --overwrite
 	$(TINYLM) train configs/cpu_demo.yaml data.path=$(DEMO_DATA) --out $(DEMO_RUN) --overwrite
@@ -32,19 +33,19 @@ demo: venv
 
 ## Fast suite (< 10 min on 2 cores): lint, then pytest without the slow marker.
 test: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests
 	$(BIN)/pytest -m "not slow"
 
 test-slow: venv
 	$(BIN)/pytest -m slow
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 format: venv
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
