@@ -56,34 +56,12 @@ def test_eval_generate_report(tiny_run, capsys):
         assert math.isclose(r["perplexity"], math.exp(r["loss"]), rel_tol=1e-9)
         assert 4 < r["loss"] < 10.5 and 0.5 < r["bits_per_byte"] < 4 and r["tokens"] > 5000
 
-    code, out, _ = run_cli(
-        capsys,
-        "generate",
-        tiny_run,
-        "--prompt",
-        "The history of",
-        "--max-new-tokens",
-        20,
-        "--num-samples",
-        2,
-        "--seed",
-        1,
-    )
+    sample = ["generate", tiny_run, "--prompt", "The history of", "--max-new-tokens", 20]
+    sample += ["--num-samples", 2, "--seed", 1]
+    code, out, _ = run_cli(capsys, *sample)
     assert code == 0 and out.count("The history of") == 2
     assert (tiny_run / "samples.txt").read_text().count("The history of") == 2
-    code2, out2, _ = run_cli(
-        capsys,
-        "generate",
-        tiny_run,
-        "--prompt",
-        "The history of",
-        "--max-new-tokens",
-        20,
-        "--num-samples",
-        2,
-        "--seed",
-        1,
-    )
+    _, out2, _ = run_cli(capsys, *sample)
     assert out2 == out  # seeded
 
     code, out, _ = run_cli(capsys, "report", tiny_run)
@@ -205,3 +183,41 @@ def test_error_through_the_console_script_has_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_failed_overwrite_keeps_the_earlier_run(tiny_run, capsys, tmp_path):
+    before = (tiny_run / "metrics.jsonl").read_bytes()
+    code, _, err = run_cli(
+        capsys, "train", f"data.path={tmp_path / 'none'}", "--out", tiny_run, "--overwrite"
+    )
+    assert_one_line_error(code, err, "no such dataset")
+    assert (tiny_run / "metrics.jsonl").read_bytes() == before
+
+
+def test_damaged_checkpoint(tiny_run, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    latest = tiny_run / "checkpoints" / "latest"
+    (ckpt / "meta.json").write_bytes((latest / "meta.json").read_bytes())
+    (ckpt / "model.safetensors").write_bytes((latest / "model.safetensors").read_bytes()[:1000])
+    code, _, err = run_cli(capsys, "generate", ckpt)
+    assert_one_line_error(code, err, "damaged or unreadable weights")
+
+
+def test_out_of_memory_is_one_line_and_leaves_no_run(tmp_path, wiki_data):
+    """Under a 6 GB address-space limit a 2048-block batch cannot allocate its logits."""
+    import resource
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    args = ["model.n_embd=32", "model.n_head=2", "model.n_layer=1", "model.block_size=64"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tinylm", "train", f"data.path={wiki_data}", *args,
+         "train.batch_size=2048", "train.max_steps=1", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, preexec_fn=limit_memory,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "error: out of memory at batch size 2048" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

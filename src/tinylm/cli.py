@@ -102,13 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a run's latest checkpoint on whole splits of its dataset. Prints "
         "a table and records the results in RUN/eval.json.",
     )
-    p.add_argument("run", type=Path, help="run directory (or checkpoint directory)")
+    _add_checkpoint_args(p)
     p.add_argument("--split", nargs="+", default=["val", "test"], help="splits (default: val test)")
     p.add_argument("--data", type=Path, help="dataset directory (default: the one it trained on)")
     p.add_argument(
         "--batch-size", type=int, default=32, help="blocks per forward pass (default: 32)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -117,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continue a prompt with the run's latest checkpoint. Samples are printed "
         "and appended to RUN/samples.txt.",
     )
-    p.add_argument("run", type=Path, help="run directory (or checkpoint directory)")
+    _add_checkpoint_args(p)
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     p.add_argument(
         "--max-new-tokens", type=int, default=100, help="tokens to generate (default: 100)"
@@ -131,7 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -144,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the report to this file")
     p.set_defaults(func=cmd_report)
     return parser
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run directory (or checkpoint directory)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
+def _run_dir_of(path: Path) -> Path | None:
+    """The run directory a checkpoint belongs to, if it is inside one (to record results)."""
+    from tinylm.training.checkpoint import resolve_checkpoint
+
+    run_dir = resolve_checkpoint(path).parent.parent
+    return run_dir if (run_dir / "config.yaml").is_file() else None
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -181,9 +192,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tinylm.training.trainer import train
 
     result = train(config, args.out, overwrite=args.overwrite)
-    rate = result.tokens / result.elapsed_s if result.elapsed_s else 0.0
+    rate = result.tokens / result.train_seconds if result.train_seconds else 0.0
     line = (
-        f"trained {result.steps:,} steps, {result.tokens:,} tokens in {result.elapsed_s:.0f} s "
+        f"trained {result.steps:,} steps, {result.tokens:,} tokens in {result.train_seconds:.0f} s "
         f"({rate:,.0f} tokens/s) | final train loss {result.final_loss:.4f}"
     )
     if result.val:
@@ -199,7 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tinylm.device import resolve_device
     from tinylm.evaluate import evaluate
     from tinylm.rundir import write_atomic
-    from tinylm.training.checkpoint import load_checkpoint, resolve_checkpoint
+    from tinylm.training.checkpoint import load_checkpoint
 
     if args.batch_size <= 0:
         raise TinyLMError("--batch-size must be positive")
@@ -223,9 +234,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results[split] = {**r.to_dict(), "dataset": str(dataset.path), "step": ckpt.meta["step"]}
         bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte is not None else "-"
         print(f"{split:>6} {r.tokens:>10,} {r.loss:>8.4f} {r.perplexity:>11.2f} {bpb:>10}")
-    run_dir = resolve_checkpoint(args.run).parent.parent
-    eval_file = run_dir / "eval.json"
-    if (run_dir / "config.yaml").is_file():  # record results only inside a run directory
+    run_dir = _run_dir_of(args.run)
+    if run_dir is not None:
+        eval_file = run_dir / "eval.json"
         previous = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
         write_atomic(eval_file, json.dumps({**previous, **results}, indent=2) + "\n")
     return 0
@@ -237,7 +248,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tinylm.data.tokenizer import get_tokenizer
     from tinylm.device import resolve_device
     from tinylm.generate import generate
-    from tinylm.training.checkpoint import load_checkpoint, resolve_checkpoint
+    from tinylm.training.checkpoint import load_checkpoint
 
     if args.max_new_tokens <= 0 or args.num_samples <= 0:
         raise TinyLMError("--max-new-tokens and --num-samples must be positive")
@@ -267,8 +278,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         text = args.prompt + tokenizer.decode(new)
         samples.append(text)
         print(f"--- sample {i + 1} (seed {args.seed}, temperature {args.temperature}) ---\n{text}")
-    run_dir = resolve_checkpoint(args.run).parent.parent
-    if (run_dir / "config.yaml").is_file():
+    run_dir = _run_dir_of(args.run)
+    if run_dir is not None:
         with open(run_dir / "samples.txt", "a") as f:
             for i, text in enumerate(samples):
                 f.write(

@@ -1,6 +1,6 @@
 """Results tables built from run directories only (never from memory of a process).
 
-Per run: parameters, tokens seen, wall time, tokens/s, final train loss, best validation
+Per run: parameters, tokens seen, training time, tokens/s, final train loss, best validation
 loss (periodic, fixed batches), and whole-split val/test loss, perplexity and bits per
 byte from `tinylm eval` (RUN/eval.json).
 """
@@ -20,7 +20,7 @@ COLUMNS = (
     "run",
     "params",
     "tokens",
-    "wall time",
+    "train time",
     "tokens/s",
     "train loss",
     "best val loss (periodic)",
@@ -44,14 +44,17 @@ def summarize(run: RunDir) -> dict[str, Any]:
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     evals = json.loads(run.eval_results.read_text()) if run.eval_results.is_file() else {}
     last = train[-1] if train else {}
+    # The checkpoint's meta has the final numbers; metrics.jsonl those of a run still going.
+    tokens = meta.get("tokens_seen", last.get("tokens"))
+    seconds = meta.get("train_seconds", last.get("elapsed_s"))
     return {
         "run": run.path.name,
         "config": yaml.safe_load(run.config.read_text()),
         "params": meta.get("num_parameters"),
-        "tokens": last.get("tokens"),
-        "elapsed_s": last.get("elapsed_s"),
-        "tokens_per_s": last.get("tokens_per_s"),
-        "train_loss": last.get("loss"),
+        "tokens": tokens,
+        "train_seconds": seconds,
+        "tokens_per_s": tokens / seconds if tokens and seconds else None,
+        "train_loss": meta.get("train_loss", last.get("loss")),
         "best_val_loss": min((r["val_loss"] for r in val), default=None),
         "eval": evals,
     }
@@ -68,7 +71,7 @@ def build_report(runs: list[RunDir]) -> str:
             s["run"],
             _millions(s["params"]),
             _millions(s["tokens"]),
-            _minutes(s["elapsed_s"]),
+            _minutes(s["train_seconds"]),
             _num(s["tokens_per_s"], "{:,.0f}"),
             _num(s["train_loss"], "{:.4f}"),
             _num(s["best_val_loss"], "{:.4f}"),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.torch
 import torch
 
@@ -78,7 +79,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     except (json.JSONDecodeError, KeyError) as err:
         raise TinyLMError(f"{path / META}: damaged checkpoint metadata ({err})") from None
     model = GPT(config.model)
-    missing, unexpected = safetensors.torch.load_model(model, str(path / WEIGHTS), strict=False)
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(path / WEIGHTS), strict=False)
+    except (safetensors.SafetensorError, OSError) as err:
+        raise TinyLMError(f"{path / WEIGHTS}: damaged or unreadable weights ({err})") from None
     if missing or unexpected:
         raise TinyLMError(
             f"{path}: weights do not fit the architecture in its meta.json "

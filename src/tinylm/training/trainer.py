@@ -1,10 +1,14 @@
 """The training loop: batches -> loss -> AdamW step, with validation, metrics and a checkpoint.
 
-for each step until the budget (epochs, steps or minutes) runs out:
-    batch (B, block_size) -> logits -> next_token_loss -> backward -> clip -> AdamW
-    every log_interval steps:  a "train" record in metrics.jsonl
-    every eval_interval steps: validation loss on fixed batches, a "val" record
-at the end (or on Ctrl-C): validation, checkpoints/latest, loss.png
+    for each step until the budget (epochs, steps or minutes) runs out:
+        batch (B, block_size) -> logits -> next_token_loss -> backward -> clip -> AdamW
+        every log_interval steps:  a "train" record in metrics.jsonl
+        every eval_interval steps: validation loss on fixed batches, a "val" record
+    at the end (or on Ctrl-C): validation, checkpoints/latest, loss.png
+
+Everything a user can get wrong (config, data, tokenizer, an existing run) is checked
+before the run directory is touched; a run that fails with such an error before its
+checkpoint is written leaves no run directory behind.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from tinylm.config import Config, save_config
 from tinylm.data.dataset import PreparedDataset
 from tinylm.data.loader import BlockLoader
-from tinylm.data.tokenizer import get_tokenizer
+from tinylm.data.tokenizer import Tokenizer, get_tokenizer
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError
 from tinylm.evaluate import EvalResult, evaluate
@@ -43,149 +47,214 @@ class TrainResult:
     run: RunDir
     steps: int
     tokens: int
-    elapsed_s: float
+    train_seconds: float
+    """Wall time of the training steps, validation excluded."""
     final_loss: float
     val: EvalResult | None
     interrupted: bool
 
 
 def train(config: Config, out: Path, overwrite: bool = False) -> TrainResult:
-    run = _new_run_dir(Path(out), overwrite)
-    t = config.train
-    _seed_everything(t.seed)
-    if t.num_threads > 0:
-        torch.set_num_threads(t.num_threads)
-    device = resolve_device(t.device)
-
-    dataset = PreparedDataset.open(config.data.path)
-    tokenizer = get_tokenizer(dataset.tokenizer_name)
-    dataset.check_tokenizer(tokenizer.fingerprint, tokenizer.name, "the installed tokenizer")
-    if config.model.vocab_size != tokenizer.vocab_size:
-        raise TinyLMError(
-            f"model.vocab_size={config.model.vocab_size} but {dataset.path} uses {tokenizer.name} "
-            f"with {tokenizer.vocab_size} tokens; set model.vocab_size={tokenizer.vocab_size}"
-        )
-    loader = BlockLoader(
-        dataset.tokens(config.data.train_split), config.model.block_size, t.batch_size, t.seed
-    )
-    if loader.num_blocks == 0:
-        raise TinyLMError(
-            f"{dataset.path}: the {config.data.train_split} split has fewer tokens than one block "
-            f"of {config.model.block_size}; use more data or a smaller model.block_size"
-        )
-    val_tokens = dataset.tokens(config.data.val_split) if config.data.val_split else None
-    if val_tokens is not None and len(val_tokens) < 2:
-        _print(f"note: the {config.data.val_split} split is empty; training without validation")
-        val_tokens = None
-
-    model = GPT(config.model).to(device)
-    optimizer = build_optimizer(model, config.optim)
-    planned_steps = _planned_steps(config, loader.batches_per_epoch)
-    deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-
+    """Train a model as `config` says and write the run directory `out`."""
+    run = _check_run_dir(Path(out), overwrite)
+    trainer = Trainer(config, run)  # validates data, tokenizer and model before any write
+    if overwrite and run.path.exists():
+        shutil.rmtree(run.path)
     run.path.mkdir(parents=True, exist_ok=True)
-    save_config(config, run.config)
-    _print(
-        f"model: {model.num_parameters():,} parameters | data: {loader.num_blocks:,} blocks of "
-        f"{config.model.block_size} tokens, {loader.batches_per_epoch:,} batches/epoch | "
-        f"device: {device} | run: {run.path}"
-    )
+    try:
+        return trainer.fit()
+    except TinyLMError:
+        if not run.latest_checkpoint.exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
-    step = tokens_seen = 0
-    loss_value = math.nan
-    val: EvalResult | None = None
-    interrupted = False
-    start = time.monotonic()
-    model.train()
-    bar_total = planned_steps if planned_steps < sys.maxsize else None
-    with open(run.metrics, "w") as metrics, progress(bar_total, "train", unit="step") as bar:
 
-        def validate() -> EvalResult | None:
-            if val_tokens is None:
-                return None
-            result = evaluate(
-                model,
-                val_tokens,
-                config.model.block_size,
-                t.batch_size,
-                device,
-                tokenizer.token_bytes,
-                max_batches=t.eval_batches,
+class Trainer:
+    def __init__(self, config: Config, run: RunDir) -> None:
+        self.config, self.run = config, run
+        t = config.train
+        _seed_everything(t.seed)
+        if t.num_threads > 0:
+            torch.set_num_threads(t.num_threads)
+        self.device = resolve_device(t.device)
+
+        self.dataset = PreparedDataset.open(config.data.path)
+        self.tokenizer: Tokenizer = get_tokenizer(self.dataset.tokenizer_name)
+        self.dataset.check_tokenizer(
+            self.tokenizer.fingerprint, self.tokenizer.name, "the installed tokenizer"
+        )
+        if config.model.vocab_size != self.tokenizer.vocab_size:
+            raise TinyLMError(
+                f"model.vocab_size={config.model.vocab_size} but {self.dataset.path} uses "
+                f"{self.tokenizer.name} with {self.tokenizer.vocab_size} tokens; "
+                f"set model.vocab_size={self.tokenizer.vocab_size}"
             )
-            _write(
-                metrics,
-                kind="val",
-                step=step,
-                tokens=tokens_seen,
-                elapsed_s=time.monotonic() - start,
-                val_loss=result.loss,
-                val_ppl=result.perplexity,
-                val_bpb=result.bits_per_byte,
+        self.loader = BlockLoader(
+            self.dataset.tokens(config.data.train_split),
+            config.model.block_size,
+            t.batch_size,
+            t.seed,
+        )
+        if self.loader.num_blocks == 0:
+            raise TinyLMError(
+                f"{self.dataset.path}: the {config.data.train_split} split has fewer tokens than "
+                f"one block of {config.model.block_size}; use more data or a smaller "
+                "model.block_size"
             )
-            return result
+        self.val_tokens = (
+            self.dataset.tokens(config.data.val_split) if config.data.val_split else None
+        )
+        if self.val_tokens is not None and len(self.val_tokens) < 2:
+            _print(f"note: the {config.data.val_split} split is empty; training without validation")
+            self.val_tokens = None
 
-        try:
-            while step < planned_steps and time.monotonic() < deadline:
-                batch = loader.next_batch().to(device)
-                loss = next_token_loss(model(batch), batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                optimizer.step()
+        self.model = GPT(config.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, config.optim)
 
-                step += 1
-                tokens_seen += batch.numel()
-                loss_value = loss.item()
-                elapsed = time.monotonic() - start
-                rate = tokens_seen / elapsed
-                if step % t.log_interval == 0 or step == planned_steps:
-                    _write(
-                        metrics,
-                        kind="train",
-                        step=step,
-                        tokens=tokens_seen,
-                        elapsed_s=elapsed,
-                        epoch=loader.epoch + loader.batch_in_epoch / loader.batches_per_epoch,
-                        loss=loss_value,
-                        lr=optimizer.param_groups[0]["lr"],
-                        grad_norm=float(grad_norm),
-                        tokens_per_s=rate,
+        self.step = self.tokens_seen = 0
+        self.loss = math.nan
+        self.val: EvalResult | None = None
+        self.val_step = -1
+        self.start = 0.0
+        self.eval_seconds = 0.0  # excluded from tokens/s, which measures training alone
+        self.planned_steps = 0
+
+    def fit(self) -> TrainResult:
+        t, run = self.config.train, self.run
+        planned_steps = self.planned_steps = _planned_steps(
+            self.config, self.loader.batches_per_epoch
+        )
+        save_config(self.config, run.config)
+        _print(
+            f"model: {self.model.num_parameters():,} parameters | data: "
+            f"{self.loader.num_blocks:,} blocks of {self.config.model.block_size} tokens, "
+            f"{self.loader.batches_per_epoch:,} batches/epoch | device: {self.device} | "
+            f"run: {run.path}"
+        )
+        interrupted = False
+        self.start = time.monotonic()
+        deadline = self.start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
+        bar_total = planned_steps if planned_steps < sys.maxsize else None
+        self.model.train()
+        with open(run.metrics, "w") as self.metrics, progress(bar_total, "train", "step") as bar:
+            try:
+                while self.step < planned_steps and time.monotonic() < deadline:
+                    self._step()
+                    if t.eval_interval and self.step % t.eval_interval == 0:
+                        self._validate()
+                    elapsed = time.monotonic() - self.start
+                    eta = min(
+                        (planned_steps - self.step) * elapsed / self.step,
+                        deadline - time.monotonic(),
                     )
-                if t.eval_interval and step % t.eval_interval == 0 and step < planned_steps:
-                    val = validate()
-                eta = min((planned_steps - step) * elapsed / step, deadline - time.monotonic())
-                if math.isfinite(deadline):  # a time budget: re-estimate the bar's length
-                    bar.total = min(planned_steps, step + int(eta * step / elapsed))
-                bar.update(1)
-                bar.set_postfix_str(
-                    f"loss {loss_value:.3f}"
-                    + (f" | val {val.loss:.3f}" if val else "")
-                    + f" | {rate:,.0f} tok/s | ETA {_duration(eta)}",
-                    refresh=False,
-                )
-        except KeyboardInterrupt:
-            interrupted = True
-            _print(f"interrupted at step {step}: saving a checkpoint")
-        if step:
-            val = validate() or val  # the final measurement, always
+                    if math.isfinite(deadline):  # a time budget: re-estimate the bar's length
+                        bar.total = min(planned_steps, self.step + int(eta * self.step / elapsed))
+                    bar.update(1)
+                    bar.set_postfix_str(
+                        f"loss {self.loss:.3f}"
+                        + (f" | val {self.val.loss:.3f}" if self.val else "")
+                        + f" | {self._rate():,.0f} tok/s | ETA {_duration(eta)}",
+                        refresh=False,
+                    )
+            except KeyboardInterrupt:
+                interrupted = True
+                _print(f"interrupted at step {self.step}: saving a checkpoint")
+            bar.total = self.step  # the budget that ended the run may not be the planned one
+            bar.refresh()
+            train_seconds = time.monotonic() - self.start - self.eval_seconds
+            if self.step:
+                self._validate()  # the final measurement, unless this step already had one
 
-    elapsed = time.monotonic() - start
-    meta = {
-        "step": step,
-        "tokens_seen": tokens_seen,
-        "elapsed_s": elapsed,
-        "loader": loader.state_dict(),
-        "train_loss": loss_value,
-        "val": val.to_dict() if val else None,
-        "dataset": str(dataset.path),
-        "tokenizer": {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint},
-        "num_parameters": model.num_parameters(),
-        "interrupted": interrupted,
-    }
-    save_checkpoint(run.latest_checkpoint, model, config, meta)
-    plot_losses([run], run.loss_plot)
-    return TrainResult(run, step, tokens_seen, elapsed, loss_value, val, interrupted)
+        meta = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": train_seconds,
+            "elapsed_s": time.monotonic() - self.start,
+            "loader": self.loader.state_dict(),
+            "train_loss": self.loss,
+            "val": self.val.to_dict() if self.val else None,
+            "dataset": str(self.dataset.path),
+            "tokenizer": {"name": self.tokenizer.name, "fingerprint": self.tokenizer.fingerprint},
+            "num_parameters": self.model.num_parameters(),
+            "interrupted": interrupted,
+        }
+        save_checkpoint(run.latest_checkpoint, self.model, self.config, meta)
+        plot_losses([run], run.loss_plot)
+        return TrainResult(
+            run, self.step, self.tokens_seen, train_seconds, self.loss, self.val, interrupted
+        )
+
+    def _step(self) -> None:
+        """One AdamW update on the next batch, and its metrics record."""
+        batch = self.loader.next_batch().to(self.device)  # (B, T)
+        try:
+            loss = next_token_loss(self.model(batch), batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+                raise TinyLMError(
+                    f"out of memory at batch size {batch.shape[0]} x {batch.shape[1]} tokens; "
+                    "lower train.batch_size (or model.n_embd / model.block_size)"
+                ) from None
+            raise
+        clip = self.config.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), clip if clip > 0 else math.inf
+        )  # the norm before clipping
+        self.optimizer.step()
+
+        self.step += 1
+        self.tokens_seen += batch.numel()
+        self.loss = loss.item()
+        if self.step % self.config.train.log_interval == 0 or self.step == self.planned_steps:
+            loader = self.loader
+            self._record(
+                kind="train",
+                epoch=loader.epoch + loader.batch_in_epoch / loader.batches_per_epoch,
+                loss=self.loss,
+                lr=self.optimizer.param_groups[0]["lr"],
+                grad_norm=float(grad_norm),
+                tokens_per_s=self._rate(),
+            )
+
+    def _validate(self) -> None:
+        """Validation loss on the fixed val batches, once per step at most."""
+        if self.val_tokens is None or self.val_step == self.step:
+            return
+        eval_start = time.monotonic()
+        self.val = evaluate(
+            self.model,
+            self.val_tokens,
+            self.config.model.block_size,
+            self.config.train.batch_size,
+            self.device,
+            self.tokenizer.token_bytes,
+            max_batches=self.config.train.eval_batches,
+        )
+        self.val_step = self.step
+        self.eval_seconds += time.monotonic() - eval_start
+        self._record(
+            kind="val",
+            val_loss=self.val.loss,
+            val_ppl=self.val.perplexity,
+            val_bpb=self.val.bits_per_byte,
+        )
+
+    def _rate(self) -> float:
+        seconds = time.monotonic() - self.start - self.eval_seconds
+        return self.tokens_seen / seconds if seconds > 0 else 0.0
+
+    def _record(self, **fields: Any) -> None:
+        record = {
+            "kind": fields.pop("kind"),
+            "step": self.step,
+            "tokens": self.tokens_seen,
+            "elapsed_s": time.monotonic() - self.start,
+            **fields,
+        }
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
 
 
 def _planned_steps(config: Config, batches_per_epoch: int) -> int:
@@ -197,7 +266,8 @@ def _planned_steps(config: Config, batches_per_epoch: int) -> int:
     return min(limits) if limits else sys.maxsize  # time budget only
 
 
-def _new_run_dir(path: Path, overwrite: bool) -> RunDir:
+def _check_run_dir(path: Path, overwrite: bool) -> RunDir:
+    """Refuse to clobber a run (unless asked) or a directory that is not a run."""
     run = RunDir(path)
     if path.exists() and any(path.iterdir()):
         if not overwrite:
@@ -206,7 +276,6 @@ def _new_run_dir(path: Path, overwrite: bool) -> RunDir:
             )
         if not run.config.exists():
             raise TinyLMError(f"{path}: not a tinylm run directory; refusing to overwrite it")
-        shutil.rmtree(path)
     return run
 
 
@@ -214,11 +283,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _write(file: Any, **record: Any) -> None:
-    file.write(json.dumps(record) + "\n")
-    file.flush()
 
 
 def _print(message: str) -> None:
