@@ -15,7 +15,9 @@ DEMO_RUN  := runs/demo
 venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-data.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# Where `python3 -m venv` is missing (Debian without python3-venv), fall back to virtualenv.
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV) || \
+	  { $(PYTHON) -m pip install --quiet virtualenv && $(PYTHON) -m virtualenv --clear $(VENV); }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 from conftest import TINY_OVERRIDES
 
 from tinylm.cli import main
@@ -106,6 +107,36 @@ def test_binary_file(tmp_path, capsys):
     (tmp_path / "x.txt").write_bytes(bytes(range(256)) * 4)
     code, _, err = run_cli(capsys, "prepare", tmp_path / "x.txt", "--out", tmp_path / "d")
     assert_one_line_error(code, err, "binary")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
+
+
+def test_lone_surrogate_in_jsonl(tmp_path, capsys):
+    (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"text": "half an emoji \\ud83d"}\n')
+    code, _, err = run_cli(capsys, "prepare", tmp_path / "a.jsonl", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "a.jsonl:2", "unpaired surrogate", "--on-invalid-utf8")
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "train.max_steps=inf"], "train.max_steps: expected int"),
+        (["train", "train.eval_batches=-1"], "must not be negative"),
+        (["train", "model.preset=[1]"], "unknown model preset"),
+        (["train", "train.device=mps", "data.path=none"], "not supported"),
+        (["prepare", "builtin:wiki", "--threads", "-1"], "--threads"),
+        (["report", "nowhere"], "not a tinylm run directory"),
+    ],
+)
+def test_more_bad_settings(tmp_path, capsys, args, message):
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_is_one_line(tiny_run, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "report", tiny_run, "--out", tmp_path / "no" / "dir" / "r.md")
+    assert_one_line_error(code, err, "No such file or directory")
 
 
 def test_bad_jsonl_field(tmp_path, capsys):
@@ -204,20 +235,28 @@ def test_damaged_checkpoint(tiny_run, tmp_path, capsys):
     assert_one_line_error(code, err, "damaged or unreadable weights")
 
 
-def test_out_of_memory_is_one_line_and_leaves_no_run(tmp_path, wiki_data):
-    """Under a 6 GB address-space limit a 2048-block batch cannot allocate its logits."""
+def test_out_of_memory_is_one_line_and_keeps_the_earlier_run(tmp_path, wiki_data, tiny_run):
+    """Under a 6 GB address-space limit a 2048-block batch cannot allocate its logits; the
+    run it was to overwrite survives whole."""
     import resource
+    import shutil
 
     def limit_memory():
         resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
 
+    run = tmp_path / "runs" / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     args = ["model.n_embd=32", "model.n_head=2", "model.n_layer=1", "model.block_size=64"]
     result = subprocess.run(
         [sys.executable, "-m", "tinylm", "train", f"data.path={wiki_data}", *args,
-         "train.batch_size=2048", "train.max_steps=1", "--out", str(tmp_path / "run")],
+         "train.device=cpu", "train.batch_size=2048", "train.max_steps=1",
+         "--out", str(run), "--overwrite"],
         capture_output=True, text=True, preexec_fn=limit_memory,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "error: out of memory at batch size 2048" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists()
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in run.parent.iterdir()] == ["run"]  # nothing half-written beside it

@@ -22,8 +22,16 @@ def test_reference_presets_match_the_study(name, n_embd, lr, batch):
 
 
 def test_every_shipped_config_loads():
-    for path in CONFIGS.glob("*.yaml"):
+    paths = sorted(CONFIGS.glob("*.yaml"))
+    assert [p.stem for p in paths] == ["cpu_demo", "seed_exp1", "seed_exp2", "seed_exp3"]
+    for path in paths:
         load_config(path)
+
+
+def test_override_strings_are_taken_as_written():
+    cfg = load_config(None, ["data.path=@yes: 0123", "model.bias=no", "train.max_steps=1e3"])
+    assert cfg.data.path == "@yes: 0123"
+    assert cfg.model.bias is False and cfg.train.max_steps == 1000
 
 
 def test_dotted_overrides_are_typed():

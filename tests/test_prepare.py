@@ -5,7 +5,7 @@ import pytest
 
 from tinylm.data.dataset import PreparedDataset
 from tinylm.data.prepare import PrepareOptions, parse_split, prepare, split_of
-from tinylm.data.sources import SourceOptions
+from tinylm.data.sources import SourceOptions, iter_documents
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.errors import TinyLMError
 
@@ -131,3 +131,20 @@ def test_tokens_file_size_checked(tmp_path):
 def test_loaded_tokens_are_uint16(tmp_path):
     run_prepare(write_corpus(tmp_path), tmp_path / "out")
     assert PreparedDataset.open(tmp_path / "out").tokens("train").dtype == np.uint16
+
+
+def test_jsonl_records_end_only_at_newline(tmp_path):
+    """U+2028 and friends are legal raw inside JSON strings; they must not split a record."""
+    (tmp_path / "a.jsonl").write_text(
+        '{"text": "one\u2028record\u0085here"}\r\n{"text": "two"}\n', encoding="utf-8"
+    )
+    docs = list(iter_documents(str(tmp_path / "a.jsonl")))
+    assert [d.text for d in docs] == ["one\u2028record\u0085here", "two"]
+
+
+def test_directory_scan_skips_json_metadata_but_reads_it_when_named(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    (tmp_path / "meta.json").write_text('{"license": "cc"}')
+    assert [d.text for d in iter_documents(str(tmp_path))] == ["text"]
+    with pytest.raises(TinyLMError, match="no field 'text'"):
+        list(iter_documents(str(tmp_path / "meta.json")))

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from tinylm import __version__
-from tinylm.errors import TinyLMError
+from tinylm.errors import TinyLMError, is_out_of_memory
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -30,11 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except TinyLMError as err:
-        print(f"tinylm {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _fail(args.command, str(err))
+    except OSError as err:  # disk full, read-only or missing output folder, ...
+        return _fail(args.command, f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        return _fail(args.command, "out of memory; use a smaller --batch-size or model")
     except KeyboardInterrupt:
         print(f"tinylm {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"tinylm {command}: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +173,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from tinylm.data.prepare import PrepareOptions, parse_split, prepare
     from tinylm.data.sources import SourceOptions
 
+    if args.threads < 0:
+        raise TinyLMError("--threads must be 0 (all cores) or a positive number")
     opts = PrepareOptions(
         sources=args.sources,
         out=args.out,
@@ -205,11 +217,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tinylm.atomic import write_atomic
     from tinylm.data.dataset import PreparedDataset
     from tinylm.data.tokenizer import get_tokenizer
     from tinylm.device import resolve_device
     from tinylm.evaluate import evaluate
-    from tinylm.rundir import write_atomic
     from tinylm.training.checkpoint import load_checkpoint
 
     if args.batch_size <= 0:
@@ -217,6 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.run, device)
     dataset = PreparedDataset.open(args.data or ckpt.config.data.path)
+    own_data = dataset.path.resolve() == Path(ckpt.config.data.path).resolve()
     tok = ckpt.meta["tokenizer"]
     dataset.check_tokenizer(tok["fingerprint"], tok["name"], "the model")
     tokenizer = get_tokenizer(tok["name"])
@@ -231,7 +244,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             device,
             tokenizer.token_bytes,
         )
-        results[split] = {**r.to_dict(), "dataset": str(dataset.path), "step": ckpt.meta["step"]}
+        # Results on another dataset than the run's own are kept apart from its val/test.
+        key = split if own_data else f"{dataset.path}:{split}"
+        results[key] = {**r.to_dict(), "dataset": str(dataset.path), "step": ckpt.meta["step"]}
         bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte is not None else "-"
         print(f"{split:>6} {r.tokens:>10,} {r.loss:>8.4f} {r.perplexity:>11.2f} {bpb:>10}")
     run_dir = _run_dir_of(args.run)
@@ -291,8 +306,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from tinylm.atomic import write_atomic
     from tinylm.report import build_report
-    from tinylm.rundir import RunDir, write_atomic
+    from tinylm.rundir import RunDir
 
     text = build_report([RunDir(p) for p in args.runs])
     print(text)

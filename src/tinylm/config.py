@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,6 +122,7 @@ class Config:
     def validate(self) -> Config:
         m, t = self.model, self.train
         _require(m.vocab_size > 0, "model.vocab_size must be positive")
+        _require(m.n_embd > 0, "model.n_embd must be positive")
         _require(m.block_size >= 2, "model.block_size must be at least 2 (one input, one target)")
         _require(m.n_layer > 0 and m.n_head > 0, "model.n_layer and model.n_head must be positive")
         _require(
@@ -137,6 +137,11 @@ class Config:
             "no training budget: set train.epochs, train.max_steps or train.max_minutes",
         )
         _require(t.log_interval > 0, "train.log_interval must be positive")
+        for name in ("epochs", "max_steps", "max_minutes", "eval_interval", "eval_batches",
+                     "num_threads"):  # fmt: skip
+            _require(getattr(t, name) >= 0, f"train.{name} must not be negative")
+        _require(self.optim.weight_decay >= 0, "optim.weight_decay must not be negative")
+        _require(self.optim.grad_clip >= 0, "optim.grad_clip must not be negative (0 = off)")
         return self
 
 
@@ -162,7 +167,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         section, dot, name = key.partition(".")
         if not dot:
             raise TinyLMError(f"override {item!r} needs a section, e.g. train.{key}={value}")
-        _merge(raw, {section: {name: yaml.safe_load(value) if value else ""}}, origin=item)
+        # The raw string: each field's type decides how to read it (see _coerce).
+        _merge(raw, {section: {name: value}}, origin=item)
     return Config(
         **{name: _build(cls, raw[name], name) for name, cls in SECTIONS.items()}
     ).validate()
@@ -211,7 +217,7 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     base = cls()
     if cls is ModelConfig and "preset" in values:
         name = values.pop("preset")
-        if name not in MODEL_PRESETS:
+        if not isinstance(name, str) or name not in MODEL_PRESETS:
             raise TinyLMError(f"unknown model preset {name!r}{_hint(str(name), MODEL_PRESETS)}")
         base = MODEL_PRESETS[name]
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -225,9 +231,10 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
-    """Check and convert one value to its field's type (YAML reads 5e-4 as a string)."""
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    """Check and convert one value to its field's type.
+
+    Command-line values arrive as strings, and YAML reads 5e-4 as a string too.
+    """
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -246,8 +253,12 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 raise ValueError
             return float(value)
         if kind is str:
-            return "" if value is None else str(value)
-    except (TypeError, ValueError):
+            if value is None:
+                return ""
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         return value

@@ -6,6 +6,8 @@ import torch
 
 from tinylm.errors import TinyLMError
 
+SUPPORTED = "auto, cpu, cuda or cuda:N"
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -13,7 +15,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise TinyLMError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TinyLMError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+        raise TinyLMError(f"unknown device {name!r}; use {SUPPORTED}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise TinyLMError(f"device {name!r} is not supported; use {SUPPORTED}")
+    if not torch.cuda.is_available():
+        raise TinyLMError(f"device {name!r} requested but CUDA is not available; use cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise TinyLMError(
+            f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+        )
     return device

@@ -6,3 +6,10 @@ class TinyLMError(Exception):
 
     The message is one line: what is wrong and how to fix it.
     """
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's CUDA OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    )

@@ -12,7 +12,6 @@ RUN/report.md                    `tinylm report` summary
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,14 +65,3 @@ class RunDir:
             except json.JSONDecodeError:
                 break  # a run killed mid-write leaves at most one partial last line
         return records
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a whole file or nothing: a temporary file beside it, fsynced, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

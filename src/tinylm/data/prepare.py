@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tinylm import __version__
+from tinylm.atomic import replace_dir, temp_dir_beside
 from tinylm.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST, token_dtype
 from tinylm.data.sources import BUILTINS, Document, SourceOptions, iter_documents
 from tinylm.data.tokenizer import get_tokenizer
@@ -100,10 +101,7 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
                 "use more documents or a larger share, e.g. --split 80,10,10"
             )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir_beside(out)
     try:
         dtype = token_dtype(tokenizer.vocab_size)
         total_docs = sum(len(d) for d in documents.values())
@@ -130,8 +128,7 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
             "created_by": f"tinylm {__version__}",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync_dir(tmp)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -153,8 +150,6 @@ def _write_split(docs, path: Path, tokenizer, dtype, num_threads: int, bar) -> d
             text_bytes += sum(len(t.encode("utf-8")) for t in batch)
             bar.update(len(batch))
             bar.set_postfix_str(f"{path.stem} {tokens:,} tokens", refresh=False)
-        f.flush()
-        os.fsync(f.fileno())
     return {
         "file": path.name,
         "documents": len(docs),
@@ -173,22 +168,3 @@ def _builtin_facts(spec: str) -> dict[str, str]:
         "license": builtin.license,
         "package": builtin.pip_name,
     }
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished tmp dir to out; an existing out is swapped away, then removed."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,7 +15,10 @@ from tinylm.errors import TinyLMError
 from tinylm.packages import package_data
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
-JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+# Named explicitly, a .json file is read as JSON Lines too; a directory scan skips .json
+# files, which in a corpus folder are usually metadata.
+EXPLICIT_JSONL_SUFFIXES = JSONL_SUFFIXES | {".json"}
 INVALID_UTF8_POLICIES = ("error", "skip", "replace")
 
 
@@ -72,15 +75,17 @@ def iter_documents(spec: str, options: SourceOptions = SourceOptions()) -> Itera
         for file in files:
             yield from _read_file(file, options)
     else:
-        yield from _read_file(path, options)
+        yield from _read_file(path, options, jsonl=path.suffix.lower() in EXPLICIT_JSONL_SUFFIXES)
 
 
-def _read_file(path: Path, options: SourceOptions) -> Iterator[Document]:
+def _read_file(path: Path, options: SourceOptions, jsonl: bool | None = None) -> Iterator[Document]:
     text = _read_text(path, options.on_invalid_utf8)
     if text is None:
         return
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        yield from _parse_jsonl(path, text, options.text_field)
+    if jsonl is None:
+        jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    if jsonl:
+        yield from _parse_jsonl(path, text, options)
     elif text.strip():
         yield Document(text, str(path))
 
@@ -102,8 +107,11 @@ def _read_text(path: Path, on_invalid_utf8: str) -> str | None:
         ) from None
 
 
-def _parse_jsonl(path: Path, text: str, field: str) -> Iterator[Document]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+def _parse_jsonl(path: Path, text: str, options: SourceOptions) -> Iterator[Document]:
+    field = options.text_field
+    # Only "\n" ends a record: str.splitlines() would also break at U+2028 and other
+    # characters that JSON strings may contain raw.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -122,8 +130,25 @@ def _parse_jsonl(path: Path, text: str, field: str) -> Iterator[Document]:
             raise TinyLMError(
                 f"{path}:{lineno}: field {field!r} is {type(value).__name__}, not text"
             )
-        if value.strip():
+        value = _valid_unicode(value, f"{path}:{lineno}", options.on_invalid_utf8)
+        if value is not None and value.strip():
             yield Document(value, f"{path}:{lineno}")
+
+
+def _valid_unicode(text: str, origin: str, on_invalid: str) -> str | None:
+    """JSON escapes can encode lone surrogates (half an emoji), which UTF-8 cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        if on_invalid == "skip":
+            return None
+        if on_invalid == "replace":
+            return text.encode("utf-8", errors="replace").decode("utf-8")
+        raise TinyLMError(
+            f"{origin}: text holds an unpaired surrogate (\\u{ord(text[err.start]):04x}) at "
+            f"character {err.start}; pass --on-invalid-utf8=skip or =replace"
+        ) from None
+    return text
 
 
 def _read_sotu(builtin: Builtin) -> Iterator[Document]:

@@ -12,9 +12,7 @@ the final name. No pickle is involved anywhere, so loading cannot run code.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import safetensors.torch
 import torch
 
 from tinylm import __version__
+from tinylm.atomic import replace_dir, temp_dir_beside
 from tinylm.config import Config, config_from_dict
 from tinylm.errors import TinyLMError
 from tinylm.model import GPT
@@ -43,11 +42,7 @@ class Checkpoint:
 def save_checkpoint(
     path: Path, model: torch.nn.Module, config: Config, meta: dict[str, Any]
 ) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir_beside(Path(path))
     safetensors.torch.save_model(model, str(tmp / WEIGHTS))
     full_meta = {
         **meta,
@@ -60,14 +55,7 @@ def save_checkpoint(
         },
     }
     (tmp / META).write_text(json.dumps(full_meta, indent=2) + "\n")
-    for file in (tmp / WEIGHTS, tmp / META):
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, Path(path))
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -31,7 +32,7 @@ from tinylm.data.dataset import PreparedDataset
 from tinylm.data.loader import BlockLoader
 from tinylm.data.tokenizer import Tokenizer, get_tokenizer
 from tinylm.device import resolve_device
-from tinylm.errors import TinyLMError
+from tinylm.errors import TinyLMError, is_out_of_memory
 from tinylm.evaluate import EvalResult, evaluate
 from tinylm.loss import next_token_loss
 from tinylm.model import GPT
@@ -58,15 +59,21 @@ def train(config: Config, out: Path, overwrite: bool = False) -> TrainResult:
     """Train a model as `config` says and write the run directory `out`."""
     run = _check_run_dir(Path(out), overwrite)
     trainer = Trainer(config, run)  # validates data, tokenizer and model before any write
-    if overwrite and run.path.exists():
-        shutil.rmtree(run.path)
-    run.path.mkdir(parents=True, exist_ok=True)
+    # An earlier run being overwritten is kept aside until this one has its checkpoint.
+    previous = run.path.parent / f".{run.path.name}.previous-{os.getpid()}"
+    if run.path.exists():
+        run.path.rename(previous)
+    run.path.mkdir(parents=True)
     try:
-        return trainer.fit()
-    except TinyLMError:
-        if not run.latest_checkpoint.exists():
+        result = trainer.fit()
+    except BaseException as err:
+        if isinstance(err, TinyLMError) or not run.latest_checkpoint.exists():
             shutil.rmtree(run.path, ignore_errors=True)
+            if previous.exists():
+                previous.rename(run.path)
         raise
+    shutil.rmtree(previous, ignore_errors=True)
+    return result
 
 
 class Trainer:
@@ -191,8 +198,8 @@ class Trainer:
             loss = next_token_loss(self.model(batch), batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        except (torch.OutOfMemoryError, RuntimeError) as err:
-            if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+        except RuntimeError as err:  # torch.OutOfMemoryError is one
+            if is_out_of_memory(err):
                 raise TinyLMError(
                     f"out of memory at batch size {batch.shape[0]} x {batch.shape[1]} tokens; "
                     "lower train.batch_size (or model.n_embd / model.block_size)"

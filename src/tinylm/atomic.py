@@ -1,0 +1,61 @@
+"""Writing files and directories whole or not at all.
+
+Everything tinylm writes for later stages (datasets, checkpoints, results) is first
+written under a temporary name beside its destination, fsynced, then renamed into place,
+so a crash never leaves a damaged file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a whole file or nothing: a temporary file beside it, fsynced, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(tmp, mode) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def temp_dir_beside(dest: Path) -> Path:
+    """A fresh, empty hidden directory next to dest, to build its replacement in."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Move the finished directory tmp to dest, replacing what was there.
+
+    Its files are fsynced first. A directory cannot be renamed over a non-empty one, so
+    an existing dest is renamed aside first and removed last.
+    """
+    for file in tmp.iterdir():
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(tmp)
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (new or renamed files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
