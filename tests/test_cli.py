@@ -46,6 +46,8 @@ def test_train_writes_a_complete_run(tiny_run):
     assert all(r["grad_norm"] > 0 and r["lr"] == 3e-3 for r in train)
     meta = json.loads((tiny_run / "checkpoints" / "latest" / "meta.json").read_text())
     assert meta["step"] == 30 and meta["tokenizer"]["name"] == "gpt2"
+    assert meta["train_loss"] == pytest.approx(sum(r["loss"] for r in train) / 30)
+    assert meta["last_step_loss"] == train[-1]["loss"]
 
 
 def test_eval_generate_report(tiny_run, capsys):

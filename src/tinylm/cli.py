@@ -201,13 +201,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TinyLMError(f"one config file at most, got {', '.join(config_files)}")
     config = load_config(config_files[0] if config_files else None, overrides)
 
+    from tinylm.rundir import RECENT_STEPS
     from tinylm.training.trainer import train
 
     result = train(config, args.out, overwrite=args.overwrite)
     rate = result.tokens / result.train_seconds if result.train_seconds else 0.0
     line = (
         f"trained {result.steps:,} steps, {result.tokens:,} tokens in {result.train_seconds:.0f} s "
-        f"({rate:,.0f} tokens/s) | final train loss {result.final_loss:.4f}"
+        f"({rate:,.0f} tokens/s) | train loss {result.train_loss:.4f} (last {RECENT_STEPS} steps)"
     )
     if result.val:
         line += f" | val loss {result.val.loss:.4f}, perplexity {result.val.perplexity:.2f}"

@@ -1,8 +1,8 @@
 """Results tables built from run directories only (never from memory of a process).
 
-Per run: parameters, tokens seen, training time, tokens/s, final train loss, best validation
-loss (periodic, fixed batches), and whole-split val/test loss, perplexity and bits per
-byte from `tinylm eval` (RUN/eval.json).
+Per run: parameters, tokens seen, training time, tokens/s, train loss (mean of the last
+RECENT_STEPS steps), best validation loss (periodic, fixed batches), and whole-split
+val/test loss, perplexity and bits per byte from `tinylm eval` (RUN/eval.json).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tinylm.errors import TinyLMError
-from tinylm.rundir import RunDir
+from tinylm.rundir import RECENT_STEPS, RunDir
 
 COLUMNS = (
     "run",
@@ -22,7 +22,7 @@ COLUMNS = (
     "tokens",
     "train time",
     "tokens/s",
-    "train loss",
+    f"train loss (last {RECENT_STEPS} steps)",
     "best val loss (periodic)",
     "val loss",
     "val ppl",
@@ -54,7 +54,7 @@ def summarize(run: RunDir) -> dict[str, Any]:
         "tokens": tokens,
         "train_seconds": seconds,
         "tokens_per_s": tokens / seconds if tokens and seconds else None,
-        "train_loss": meta.get("train_loss", last.get("loss")),
+        "train_loss": meta.get("train_loss", _mean([r["loss"] for r in train[-RECENT_STEPS:]])),
         "best_val_loss": min((r["val_loss"] for r in val), default=None),
         "eval": evals,
     }
@@ -115,6 +115,10 @@ def _single_run_details(run: RunDir, s: dict[str, Any]) -> list[str]:
         samples = run.samples.read_text().strip()
         lines += ["", "## Samples", "", "```", samples[-3000:], "```"]
     return lines
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _num(value: Any, fmt: str) -> str:

@@ -18,6 +18,9 @@ from typing import Any
 
 from tinylm.errors import TinyLMError
 
+RECENT_STEPS = 50
+"""The reported train loss is the mean of this many last steps (one batch is noisy)."""
+
 
 @dataclass(frozen=True)
 class RunDir:

@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from tinylm.loss import next_token_loss
 from tinylm.model import GPT
 from tinylm.plots import plot_losses
 from tinylm.progress import progress
-from tinylm.rundir import RunDir
+from tinylm.rundir import RECENT_STEPS, RunDir
 from tinylm.training.checkpoint import save_checkpoint
 from tinylm.training.optim import build_optimizer
 
@@ -50,7 +51,8 @@ class TrainResult:
     tokens: int
     train_seconds: float
     """Wall time of the training steps, validation excluded."""
-    final_loss: float
+    train_loss: float
+    """Mean training loss of the last RECENT_STEPS steps."""
     val: EvalResult | None
     interrupted: bool
 
@@ -120,6 +122,7 @@ class Trainer:
 
         self.step = self.tokens_seen = 0
         self.loss = math.nan
+        self.recent_losses: deque[float] = deque(maxlen=RECENT_STEPS)
         self.val: EvalResult | None = None
         self.val_step = -1
         self.start = 0.0
@@ -158,7 +161,7 @@ class Trainer:
                         bar.total = min(planned_steps, self.step + int(eta * self.step / elapsed))
                     bar.update(1)
                     bar.set_postfix_str(
-                        f"loss {self.loss:.3f}"
+                        f"loss {self._recent_loss():.3f}"
                         + (f" | val {self.val.loss:.3f}" if self.val else "")
                         + f" | {self._rate():,.0f} tok/s | ETA {_duration(eta)}",
                         refresh=False,
@@ -178,7 +181,9 @@ class Trainer:
             "train_seconds": train_seconds,
             "elapsed_s": time.monotonic() - self.start,
             "loader": self.loader.state_dict(),
-            "train_loss": self.loss,
+            "train_loss": self._recent_loss(),
+            "train_loss_steps": len(self.recent_losses),
+            "last_step_loss": self.loss,
             "val": self.val.to_dict() if self.val else None,
             "dataset": str(self.dataset.path),
             "tokenizer": {"name": self.tokenizer.name, "fingerprint": self.tokenizer.fingerprint},
@@ -188,7 +193,13 @@ class Trainer:
         save_checkpoint(run.latest_checkpoint, self.model, self.config, meta)
         plot_losses([run], run.loss_plot)
         return TrainResult(
-            run, self.step, self.tokens_seen, train_seconds, self.loss, self.val, interrupted
+            run,
+            self.step,
+            self.tokens_seen,
+            train_seconds,
+            self._recent_loss(),
+            self.val,
+            interrupted,
         )
 
     def _step(self) -> None:
@@ -214,6 +225,7 @@ class Trainer:
         self.step += 1
         self.tokens_seen += batch.numel()
         self.loss = loss.item()
+        self.recent_losses.append(self.loss)
         if self.step % self.config.train.log_interval == 0 or self.step == self.planned_steps:
             loader = self.loader
             self._record(
@@ -247,6 +259,9 @@ class Trainer:
             val_ppl=self.val.perplexity,
             val_bpb=self.val.bits_per_byte,
         )
+
+    def _recent_loss(self) -> float:
+        return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else math.nan
 
     def _rate(self) -> float:
         seconds = time.monotonic() - self.start - self.eval_seconds
