@@ -50,6 +50,7 @@ def test_preset_then_keys_override_it():
     ("override", "message"),
     [
         ("optim.lrr=1e-3", "did you mean optim.lr?"),
+        ("train.lr=5e-4", "unknown config key train.lr; did you mean optim.lr?"),
         ("trian.batch_size=4", "did you mean train?"),
         ("train.batch_size=many", "train.batch_size: expected int"),
         ("model=seed-d512", "unknown model preset"),

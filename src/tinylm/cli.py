@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model from a config",
         description="Train a GPT on a prepared dataset. Settings come from an optional YAML "
-        "config (configs/*.yaml) and dotted overrides such as train.lr=5e-4 or model=seed-d256. "
+        "config (configs/*.yaml) and dotted overrides such as optim.lr=5e-4 or model=seed-d256. "
         "Writes config.yaml, metrics.jsonl, checkpoints/latest/ and loss.png into --out.",
     )
     p.add_argument(

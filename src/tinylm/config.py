@@ -4,7 +4,7 @@ No torch import here, so `tinylm --help` and config errors stay instant.
 
 A config file has four sections (model, data, optim, train). The model section may
 name a preset (`preset: seed-d128`) whose values the other keys then override.
-Command-line overrides use dotted keys: `train.lr=5e-4`, `model=seed-d256`.
+Command-line overrides use dotted keys: `optim.lr=5e-4`, `model=seed-d256`.
 An unknown key is an error that names the closest valid one.
 """
 
@@ -225,7 +225,11 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise TinyLMError(f"unknown config key {section}.{key}{_hint(key, fields, section)}")
+            home = [
+                s for s, c in SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}
+            ]
+            hint = f"; did you mean {home[0]}.{key}?" if home else _hint(key, fields, section)
+            raise TinyLMError(f"unknown config key {section}.{key}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
     return dataclasses.replace(base, **kwargs)
 

@@ -119,6 +119,7 @@ class Trainer:
 
         self.model = GPT(config.model).to(self.device)
         self.optimizer = build_optimizer(self.model, config.optim)
+        self.planned_steps = _planned_steps(config, self.loader.batches_per_epoch)
 
         self.step = self.tokens_seen = 0
         self.loss = math.nan
@@ -127,13 +128,9 @@ class Trainer:
         self.val_step = -1
         self.start = 0.0
         self.eval_seconds = 0.0  # excluded from tokens/s, which measures training alone
-        self.planned_steps = 0
 
     def fit(self) -> TrainResult:
-        t, run = self.config.train, self.run
-        planned_steps = self.planned_steps = _planned_steps(
-            self.config, self.loader.batches_per_epoch
-        )
+        t, run, planned_steps = self.config.train, self.run, self.planned_steps
         save_config(self.config, run.config)
         _print(
             f"model: {self.model.num_parameters():,} parameters | data: "
