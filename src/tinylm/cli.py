@@ -159,17 +159,13 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
-def _run_dir_of(path: Path) -> Path | None:
+def _run_dir_of(checkpoint: Path) -> Path | None:
     """The run directory a checkpoint belongs to, if it is inside one (to record results)."""
-    from tinylm.training.checkpoint import resolve_checkpoint
-
-    run_dir = resolve_checkpoint(path).parent.parent
+    run_dir = checkpoint.parent.parent
     return run_dir if (run_dir / "config.yaml").is_file() else None
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    import os
-
     from tinylm.data.prepare import PrepareOptions, parse_split, prepare
     from tinylm.data.sources import SourceOptions
 
@@ -182,7 +178,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         split=parse_split(args.split),
         seed=args.seed,
         source_options=SourceOptions(args.text_field, args.on_invalid_utf8),
-        num_threads=args.threads or max(1, os.cpu_count() or 1),
+        num_threads=args.threads,
         overwrite=args.overwrite,
     )
     manifest = prepare(opts)
@@ -250,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results[key] = {**r.to_dict(), "dataset": str(dataset.path), "step": ckpt.meta["step"]}
         bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte is not None else "-"
         print(f"{split:>6} {r.tokens:>10,} {r.loss:>8.4f} {r.perplexity:>11.2f} {bpb:>10}")
-    run_dir = _run_dir_of(args.run)
+    run_dir = _run_dir_of(ckpt.path)
     if run_dir is not None:
         eval_file = run_dir / "eval.json"
         previous = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
@@ -294,7 +290,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         text = args.prompt + tokenizer.decode(new)
         samples.append(text)
         print(f"--- sample {i + 1} (seed {args.seed}, temperature {args.temperature}) ---\n{text}")
-    run_dir = _run_dir_of(args.run)
+    run_dir = _run_dir_of(ckpt.path)
     if run_dir is not None:
         with open(run_dir / "samples.txt", "a") as f:
             for i, text in enumerate(samples):

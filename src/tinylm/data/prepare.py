@@ -41,7 +41,8 @@ class PrepareOptions:
     split: tuple[float, float, float] = (0.98, 0.01, 0.01)
     seed: int = 1337
     source_options: SourceOptions = field(default_factory=SourceOptions)
-    num_threads: int = max(1, os.cpu_count() or 1)
+    num_threads: int = 0
+    """Tokenizer threads; 0 means one per core."""
     overwrite: bool = False
 
 
@@ -101,6 +102,7 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
                 "use more documents or a larger share, e.g. --split 80,10,10"
             )
 
+    threads = opts.num_threads or max(1, os.cpu_count() or 1)
     tmp = temp_dir_beside(out)
     try:
         dtype = token_dtype(tokenizer.vocab_size)
@@ -109,7 +111,7 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
         with progress(total_docs, desc="tokenize", unit="doc") as bar:
             for name in SPLITS:
                 splits[name] = _write_split(
-                    documents[name], tmp / f"{name}.bin", tokenizer, dtype, opts.num_threads, bar
+                    documents[name], tmp / f"{name}.bin", tokenizer, dtype, threads, bar
                 )
         manifest = {
             "format": FORMAT,

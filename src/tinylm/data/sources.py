@@ -73,17 +73,15 @@ def iter_documents(spec: str, options: SourceOptions = SourceOptions()) -> Itera
                 f"({', '.join(sorted(TEXT_SUFFIXES | JSONL_SUFFIXES))})"
             )
         for file in files:
-            yield from _read_file(file, options)
+            yield from _read_file(file, options, jsonl=file.suffix.lower() in JSONL_SUFFIXES)
     else:
         yield from _read_file(path, options, jsonl=path.suffix.lower() in EXPLICIT_JSONL_SUFFIXES)
 
 
-def _read_file(path: Path, options: SourceOptions, jsonl: bool | None = None) -> Iterator[Document]:
+def _read_file(path: Path, options: SourceOptions, jsonl: bool) -> Iterator[Document]:
     text = _read_text(path, options.on_invalid_utf8)
     if text is None:
         return
-    if jsonl is None:
-        jsonl = path.suffix.lower() in JSONL_SUFFIXES
     if jsonl:
         yield from _parse_jsonl(path, text, options)
     elif text.strip():

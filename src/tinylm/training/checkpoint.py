@@ -34,6 +34,8 @@ META = "meta.json"
 
 @dataclass
 class Checkpoint:
+    path: Path
+    """The checkpoint directory (RUN/checkpoints/latest when a run dir was given)."""
     model: GPT
     config: Config
     meta: dict[str, Any]
@@ -76,7 +78,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
             f"{path}: weights do not fit the architecture in its meta.json "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
-    return Checkpoint(model.to(device), config, meta)
+    return Checkpoint(path, model.to(device), config, meta)
 
 
 def resolve_checkpoint(path: Path) -> Path:
