@@ -34,6 +34,7 @@ def test_train_writes_a_complete_run(tiny_run):
     assert (tiny_run / "loss.png").stat().st_size > 10_000
     assert {p.name for p in (tiny_run / "checkpoints" / "latest").iterdir()} == {
         "model.safetensors",
+        "state.safetensors",
         "meta.json",
     }
     records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]

@@ -1,14 +1,16 @@
 import json
+import math
 
 import pytest
 import torch
 from conftest import TINY_OVERRIDES
 
 from tinylm.config import MODEL_PRESETS, load_config
+from tinylm.errors import TinyLMError
 from tinylm.model import GPT
 from tinylm.training.checkpoint import load_checkpoint, save_checkpoint
 from tinylm.training.optim import build_optimizer
-from tinylm.training.trainer import train
+from tinylm.training.trainer import Trainer, train
 
 
 def tiny_config(wiki_data, *extra):
@@ -67,3 +69,123 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, tied):
     idx = torch.randint(0, 50257, (2, 16))
     assert torch.equal(model(idx), loaded.model.eval()(idx))
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+# --- gradient accumulation, budgets ------------------------------------------------------
+
+
+def test_accumulating_two_half_batches_equals_one_full_batch(wiki_data, tmp_path, monkeypatch):
+    """Batch 8 vs 2 x 4: the same 8 blocks (the epoch order does not depend on batch size),
+    so the gradient AdamW receives is the same up to float rounding."""
+    grads = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    common = ["train.max_steps=1", "train.eval_interval=0", "data.val_split="]
+    full = train(tiny_config(wiki_data, *common, "train.batch_size=8"), tmp_path / "full")
+    half = train(tiny_config(wiki_data, *common, "train.batch_size=4", "train.grad_accum=2"),
+                 tmp_path / "accum")  # fmt: skip
+    assert full.tokens == half.tokens == 8 * 32
+    assert full.train_loss == pytest.approx(half.train_loss, rel=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*grads))
+
+
+def test_token_budget_and_lr_schedule_in_the_metrics(wiki_data, tmp_path):
+    cfg = tiny_config(wiki_data, "train.max_steps=0", "train.epochs=10",
+                      "train.max_tokens=2560", "optim.schedule=wsd", "optim.warmup=2",
+                      "optim.decay_fraction=0.5", "train.eval_interval=0")  # fmt: skip
+    result = train(cfg, tmp_path / "run")
+    train_records = [r for r in metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert result.steps == 10 and result.tokens == 2560  # 256 tokens per step
+    lrs = [r["lr"] for r in train_records]
+    peak = 3e-3
+    assert lrs[:2] == pytest.approx([peak / 2, peak])  # warmup over 2 steps
+    assert lrs[2:5] == [peak] * 3  # stable until step 5 (half of 10)
+    assert lrs[-1] == pytest.approx(peak * 0.1)  # decayed to min_lr_ratio * lr
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+    event_files = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert event_files and event_files[0].stat().st_size > 1000
+
+
+# --- validation, early stopping, best checkpoint ------------------------------------------
+
+
+def test_early_stopping_on_a_rising_val_curve(wiki_data, tmp_path):
+    """A warmup towards an absurd lr (3.0, no clipping) makes the model diverge: validation
+    loss improves at first, then rises; patience 3 stops the run 3 validations after the
+    best, and `best` holds the checkpoint of the lowest val loss."""
+    cfg = tiny_config(wiki_data, "train.max_steps=60", "optim.lr=3", "optim.grad_clip=0",
+                      "optim.warmup=40", "train.eval_interval=3", "train.eval_batches=1",
+                      "train.early_stop_patience=3", "train.checkpoint_interval=0")  # fmt: skip
+    result = train(cfg, tmp_path / "run")
+    val = [r for r in metrics(tmp_path / "run") if r["kind"] == "val"]
+    losses = [r["val_loss"] for r in val]
+    best = losses.index(min(losses))
+    assert result.stop_reason == "early_stop" and result.steps < 60
+    assert len(val) == best + 1 + 3  # stopped at the third validation without improvement
+    assert all(loss > losses[best] for loss in losses[best + 1 :])  # the curve rose
+    best_ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best")
+    assert best_ckpt.meta["step"] == val[best]["step"]
+    assert best_ckpt.meta["val"]["loss"] == losses[best]
+    assert load_checkpoint(tmp_path / "run").meta["step"] == result.steps
+
+
+# --- non-finite loss or gradient -----------------------------------------------------------
+
+
+def poison(monkeypatch, nan_loss_steps, inf_grad_steps=()):
+    """Make chosen steps' loss NaN, or their gradient infinite (1-based step numbers)."""
+    real = Trainer._micro_batch_loss
+
+    def poisoned(self, batch):
+        loss = real(self, batch)
+        step = self.step + 1
+        if step in inf_grad_steps:
+            loss.register_hook(lambda g: g * math.inf)
+        return loss * math.nan if step in nan_loss_steps else loss
+
+    monkeypatch.setattr(Trainer, "_micro_batch_loss", poisoned)
+
+
+def test_non_finite_steps_are_skipped_and_counted(wiki_data, tmp_path, monkeypatch):
+    poison(monkeypatch, nan_loss_steps={3}, inf_grad_steps={5})
+    cfg = tiny_config(wiki_data, "train.max_steps=8", "train.eval_interval=0")
+    result = train(cfg, tmp_path / "run")
+    records = {r["step"]: r for r in metrics(tmp_path / "run") if r["kind"] == "train"}
+    assert records[3]["loss"] is None and records[3]["skipped_steps"] == 1
+    assert records[5]["grad_norm"] is None and records[5]["skipped_steps"] == 2
+    assert records[8]["skipped_steps"] == 2 and result.steps == 8
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.meta["trainer"]["skipped_steps"] == 2
+    assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+
+
+def test_too_many_non_finite_steps_stop_with_a_usable_checkpoint(
+    wiki_data, tmp_path, monkeypatch
+):
+    poison(monkeypatch, nan_loss_steps=set(range(4, 100)))
+    cfg = tiny_config(wiki_data, "train.max_steps=30", "train.max_skipped_steps=3")
+    with pytest.raises(TinyLMError, match=r"stopped at step 6: 3 steps had a non-finite"):
+        train(cfg, tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")  # the run dir stays, with its last checkpoint
+    assert ckpt.meta["step"] == 6 and ckpt.meta["trainer"]["skipped_steps"] == 3
+    assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+    idx = torch.randint(0, 50257, (1, 16))
+    assert torch.isfinite(ckpt.model.eval()(idx)).all()
+
+
+# --- plot --------------------------------------------------------------------------------
+
+
+def test_plot_draws_several_runs(tiny_run, tmp_path, capsys):
+    from tinylm.cli import main
+
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(tiny_run), str(tiny_run), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

@@ -1,10 +1,11 @@
 """The `tinylm` command: one entry point, one subcommand per pipeline stage.
 
     tinylm prepare SOURCE... --out DATA      text -> token files + manifest
-    tinylm train [CONFIG.yaml] [k=v...] --out RUN
+    tinylm train [CONFIG.yaml] [k=v...] --out RUN [--resume]
     tinylm eval RUN [--split val test]        loss, perplexity, bits per byte
     tinylm generate RUN --prompt TEXT         sample text
     tinylm report RUN...                      results table (Markdown)
+    tinylm plot RUN... [--out PNG]            train/val loss curves of one or many runs
 
 Errors a user can cause print one line and exit 2; heavy imports (torch) happen only
 inside the subcommand that needs them, so --help is instant.
@@ -94,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model from a config",
         description="Train a GPT on a prepared dataset. Settings come from an optional YAML "
         "config (configs/*.yaml) and dotted overrides such as optim.lr=5e-4 or model=seed-d256. "
-        "Writes config.yaml, metrics.jsonl, checkpoints/latest/ and loss.png into --out.",
+        "Writes config.yaml, metrics.jsonl, tensorboard/, checkpoints/ and loss.png into --out. "
+        "Running the same command again on an interrupted run continues it from its latest "
+        "checkpoint.",
     )
     p.add_argument(
         "settings",
@@ -104,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, type=Path, help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint; its config.yaml is the "
+        "base the given config/overrides change (e.g. a larger train.max_steps)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -151,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, help="run directories")
     p.add_argument("--out", type=Path, help="also write the report to this file")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "plot",
+        help="draw train/val loss curves of runs into a PNG",
+        description="Plot training loss (raw and smoothed) and validation loss against tokens "
+        "seen for one or more run directories, one colour per run.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="run directories")
+    p.add_argument(
+        "--out", type=Path, default=Path("loss.png"), help="PNG file (default: loss.png)"
+    )
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -195,12 +216,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = [s for s in args.settings if "=" in s]
     if len(config_files) > 1:
         raise TinyLMError(f"one config file at most, got {', '.join(config_files)}")
-    config = load_config(config_files[0] if config_files else None, overrides)
+    base = config_files[0] if config_files else None
+    if args.resume and base is None:  # the run's own config, changed by the overrides
+        base = args.out / "config.yaml"
+        if not base.is_file():
+            raise TinyLMError(f"{args.out}: nothing to resume (no config.yaml there)")
+    config = load_config(base, overrides)
 
     from tinylm.rundir import RECENT_STEPS
     from tinylm.training.trainer import train
 
-    result = train(config, args.out, overwrite=args.overwrite)
+    result = train(config, args.out, overwrite=args.overwrite, resume=args.resume)
     rate = result.tokens / result.train_seconds if result.train_seconds else 0.0
     line = (
         f"trained {result.steps:,} steps, {result.tokens:,} tokens in {result.train_seconds:.0f} s "
@@ -210,7 +236,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         line += f" | val loss {result.val.loss:.4f}, perplexity {result.val.perplexity:.2f}"
     print(line)
     print(f"wrote {result.run.path}/ (config.yaml, metrics.jsonl, checkpoints/latest, loss.png)")
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    return 128 + result.signal if result.interrupted else 0  # 130 for SIGINT, 143 for SIGTERM
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from tinylm.plots import plot_losses
+    from tinylm.rundir import RunDir
+
+    runs = [RunDir(path) for path in args.runs]
+    for run in runs:
+        if not run.metrics.is_file():
+            raise TinyLMError(f"{run.path}: no metrics.jsonl; is this a tinylm run directory?")
+    plot_losses(runs, args.out)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -65,10 +65,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with gradient clipping, as in the reference study."""
+    """AdamW with gradient clipping and a learning-rate schedule (constant in the study)."""
 
     lr: float = 1e-3
-    """Learning rate, constant (the reference study used 1e-3 and 5e-4)."""
+    """Peak learning rate (the reference study used 1e-3 and 5e-4, constant)."""
     weight_decay: float = 0.01
     """Applied to weight matrices only; never to biases, LayerNorms or the position table."""
     beta1: float = 0.9
@@ -79,6 +79,19 @@ class OptimConfig:
     """AdamW epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    schedule: str = "constant"
+    """'constant' (the study's), 'cosine' (warmup then cosine decay) or 'wsd'
+    (warmup, stable, then linear decay over the last decay_fraction)."""
+    schedule_unit: str = "steps"
+    """'steps' or 'tokens': the unit of warmup and schedule_length."""
+    warmup: float = 0.0
+    """Linear warmup from 0 to lr over this many steps (or tokens); 0 = none."""
+    schedule_length: float = 0.0
+    """Where the decay ends, in schedule units; 0 = the run's step or token budget."""
+    decay_fraction: float = 0.2
+    """WSD only: the share of schedule_length spent decaying (the rest is stable)."""
+    min_lr_ratio: float = 0.1
+    """Cosine and WSD decay to lr * min_lr_ratio (and stay there)."""
 
 
 @dataclass
@@ -86,21 +99,40 @@ class TrainConfig:
     """The training loop: batch, budget, evaluation cadence, seed and device."""
 
     batch_size: int = 32
-    """Sequences of block_size tokens per optimizer step."""
+    """Sequences of block_size tokens per forward pass (a micro-batch)."""
+    grad_accum: int = 1
+    """Micro-batches whose gradients add up to one optimizer step (global batch =
+    batch_size * grad_accum sequences)."""
     epochs: float = 2.0
     """Passes over the training blocks (the study ran 2). Fractions allowed."""
     max_steps: int = 0
     """Stop after this many optimizer steps; 0 means no step limit."""
+    max_tokens: int = 0
+    """Stop once this many training tokens have been seen; 0 means no token limit."""
     max_minutes: float = 0.0
-    """Stop after this much wall-clock training time; 0 means no time limit."""
+    """Stop after this much wall-clock training time (summed over resumes); 0 = no limit."""
     eval_interval: int = 200
     """Measure validation loss every this many steps (and at the end); 0 disables."""
+    eval_interval_tokens: int = 0
+    """Also measure validation loss each time this many more tokens have been seen; 0 = off."""
     eval_batches: int = 20
     """Validation batches per measurement (the same fixed batches every time); 0 = whole split."""
     log_interval: int = 1
     """Write a metrics.jsonl record every this many steps."""
+    early_stop_patience: int = 0
+    """Stop after this many validations in a row without improvement; 0 = never stop early."""
+    early_stop_min_delta: float = 0.0
+    """A validation loss must beat the best by more than this to count as an improvement."""
+    checkpoint_interval: int = 1000
+    """Save a resumable checkpoint every this many steps (and at the end); 0 = at the end only."""
+    keep_checkpoints: int = 2
+    """Keep this many most recent checkpoints (the best one is kept besides)."""
+    max_skipped_steps: int = 10
+    """Steps with a non-finite loss or gradient are skipped; stop after this many in total."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files to RUN/tensorboard/."""
     seed: int = 1337
-    """Seeds model init, data order and dropout."""
+    """The one seed: model init, data order, dropout (python, numpy and torch RNGs)."""
     device: str = "auto"
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
     num_threads: int = 0
@@ -132,13 +164,37 @@ class Config:
         _require(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
         _require(self.optim.lr > 0, "optim.lr must be positive")
         _require(t.batch_size > 0, "train.batch_size must be positive")
+        _require(t.grad_accum > 0, "train.grad_accum must be positive")
         _require(
-            t.epochs > 0 or t.max_steps > 0 or t.max_minutes > 0,
-            "no training budget: set train.epochs, train.max_steps or train.max_minutes",
+            t.epochs > 0 or t.max_steps > 0 or t.max_tokens > 0 or t.max_minutes > 0,
+            "no training budget: set train.epochs, train.max_steps, train.max_tokens or "
+            "train.max_minutes",
+        )
+        _require(t.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1")
+        o = self.optim
+        _require(
+            o.schedule in ("constant", "cosine", "wsd"),
+            f"optim.schedule={o.schedule!r}; choose constant, cosine or wsd",
+        )
+        _require(
+            o.schedule_unit in ("steps", "tokens"),
+            f"optim.schedule_unit={o.schedule_unit!r}; choose steps or tokens",
+        )
+        _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
+        _require(0.0 < o.decay_fraction <= 1.0, "optim.decay_fraction must be in (0, 1]")
+        _require(o.warmup >= 0 and o.schedule_length >= 0,
+                 "optim.warmup and optim.schedule_length must not be negative")  # fmt: skip
+        _require(
+            o.schedule_length == 0 or o.warmup < o.schedule_length,
+            "optim.warmup must be shorter than optim.schedule_length",
         )
         _require(t.log_interval > 0, "train.log_interval must be positive")
-        for name in ("epochs", "max_steps", "max_minutes", "eval_interval", "eval_batches",
-                     "num_threads"):  # fmt: skip
+        non_negative = (
+            "epochs", "max_steps", "max_tokens", "max_minutes", "eval_interval",
+            "eval_interval_tokens", "eval_batches", "num_threads", "early_stop_patience",
+            "early_stop_min_delta", "checkpoint_interval", "max_skipped_steps",
+        )  # fmt: skip
+        for name in non_negative:
             _require(getattr(t, name) >= 0, f"train.{name} must not be negative")
         _require(self.optim.weight_decay >= 0, "optim.weight_decay must not be negative")
         _require(self.optim.grad_clip >= 0, "optim.grad_clip must not be negative (0 = off)")

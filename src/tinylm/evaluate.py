@@ -60,4 +60,5 @@ def evaluate(
         return EvalResult(math.nan, math.nan, None, 0)
     loss = total_nats / total_tokens
     bpb = total_nats / math.log(2) / total_bytes if total_bytes else None
-    return EvalResult(loss, math.exp(loss), bpb, total_tokens)
+    ppl = math.exp(loss) if loss < 700 else math.inf  # a diverged run: no OverflowError
+    return EvalResult(loss, ppl, bpb, total_tokens)

@@ -19,8 +19,9 @@ def plot_losses(runs: list[RunDir], out: Path, smoothing: float = 0.9) -> None:
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
         records = run.read_metrics()
-        train = [r for r in records if r.get("kind") == "train"]
-        val = [r for r in records if r.get("kind") == "val"]
+        # A skipped (non-finite) step's loss is null.
+        train = [r for r in records if r.get("kind") == "train" and r.get("loss") is not None]
+        val = [r for r in records if r.get("kind") == "val" and r.get("val_loss") is not None]
         label = run.path.name
         if train:
             x = [r["tokens"] for r in train]

@@ -2,7 +2,9 @@
 
 RUN/config.yaml                  resolved configuration (all fields, presets expanded)
 RUN/metrics.jsonl                one JSON record per logged step / validation / eval
-RUN/checkpoints/latest/          model.safetensors + meta.json (see checkpoint.py)
+RUN/checkpoints/step-NNNNNNNN/   one checkpoint (see training/checkpoint.py)
+RUN/checkpoints/latest, best     symlinks to the newest and the best-validating one
+RUN/tensorboard/                 TensorBoard event files (same scalars as metrics.jsonl)
 RUN/loss.png                     train and validation loss curves
 RUN/eval.json                    `tinylm eval` results per split
 RUN/samples.txt                  `tinylm generate` output
@@ -41,6 +43,14 @@ class RunDir:
     @property
     def latest_checkpoint(self) -> Path:
         return self.checkpoints / "latest"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def loss_plot(self) -> Path:

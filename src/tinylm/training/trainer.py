@@ -1,34 +1,42 @@
-"""The training loop: batches -> loss -> AdamW step, with validation, metrics and a checkpoint.
+"""The training loop: micro-batches -> loss -> AdamW step, with validation, checkpoints, metrics.
 
-    for each step until the budget (epochs, steps or minutes) runs out:
-        batch (B, block_size) -> logits -> next_token_loss -> backward -> clip -> AdamW
-        every log_interval steps:  a "train" record in metrics.jsonl
-        every eval_interval steps: validation loss on fixed batches, a "val" record
-    at the end (or on Ctrl-C): validation, checkpoints/latest, loss.png
+    for each step until a budget (epochs, steps, tokens, minutes) runs out:
+        grad_accum micro-batches (B, block_size): forward, next-token loss, backward
+        non-finite loss or gradient: skip the update, count it, stop after max_skipped_steps
+        clip, set the scheduled lr, AdamW step
+        every eval_interval steps / eval_interval_tokens: validation on fixed batches;
+            a better val loss saves a checkpoint and points `best` at it;
+            early_stop_patience validations without one stop the run
+        every checkpoint_interval steps: a resumable checkpoint (`latest`)
+        SIGINT / SIGTERM: finish the step, save, exit
+    at the end: validation, checkpoint, loss.png
 
-Everything a user can get wrong (config, data, tokenizer, an existing run) is checked
-before the run directory is touched; a run that fails with such an error before its
-checkpoint is written leaves no run directory behind.
+A checkpoint holds everything the loop's future depends on (weights, AdamW moments, step,
+tokens, loader position, every RNG, counters), so on CPU a resumed run continues with
+bit-identical losses. Everything a user can get wrong (config, data, tokenizer, a
+checkpoint of another model) is checked before the run directory is touched; a new run
+that fails before its first checkpoint leaves no run directory behind.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import yaml
 
-from tinylm.config import Config, save_config
+from tinylm.atomic import write_atomic
+from tinylm.config import Config, load_config
 from tinylm.data.dataset import PreparedDataset
 from tinylm.data.loader import BlockLoader
 from tinylm.data.tokenizer import Tokenizer, get_tokenizer
@@ -40,8 +48,22 @@ from tinylm.model import GPT
 from tinylm.plots import plot_losses
 from tinylm.progress import progress
 from tinylm.rundir import RECENT_STEPS, RunDir
-from tinylm.training.checkpoint import save_checkpoint
+from tinylm.training.checkpoint import (
+    BEST,
+    LATEST,
+    CheckpointStore,
+    check_compatible,
+    load_optimizer_tensors,
+    load_weights,
+    optimizer_tensors,
+    read_meta,
+    read_state,
+    resolve_checkpoint,
+)
+from tinylm.training.metrics import MetricsLog
 from tinylm.training.optim import build_optimizer
+from tinylm.training.rng import capture_rng, restore_rng, seed_everything
+from tinylm.training.schedule import build_schedule
 
 
 @dataclass
@@ -50,39 +72,88 @@ class TrainResult:
     steps: int
     tokens: int
     train_seconds: float
-    """Wall time of the training steps, validation excluded."""
+    """Wall time of the training steps, validation excluded (all sessions of the run)."""
     train_loss: float
     """Mean training loss of the last RECENT_STEPS steps."""
     val: EvalResult | None
     interrupted: bool
+    signal: int = 0
+    """The signal (SIGINT, SIGTERM) that stopped the run, if one did."""
+    stop_reason: str = "budget"
+    """'budget', 'early_stop' or 'signal'."""
+    resumed_from: int | None = None
+    """The step the run resumed from, if it did."""
 
 
-def train(config: Config, out: Path, overwrite: bool = False) -> TrainResult:
-    """Train a model as `config` says and write the run directory `out`."""
-    run = _check_run_dir(Path(out), overwrite)
-    trainer = Trainer(config, run)  # validates data, tokenizer and model before any write
+def train(config: Config, out: Path, overwrite: bool = False, resume: bool = False) -> TrainResult:
+    """Train a model as `config` says into the run directory `out`.
+
+    An existing run is resumed from its latest checkpoint when `resume` is set or when
+    its config is the same as this one (re-running a command continues it); otherwise
+    it is refused unless `overwrite`.
+    """
+    run = RunDir(Path(out))
+    checkpoint = _resume_point(run, config, overwrite, resume)
+    fresh = checkpoint is None
+    trainer = Trainer(config, run, checkpoint)  # validates everything before any write
     # An earlier run being overwritten is kept aside until this one has its checkpoint.
     previous = run.path.parent / f".{run.path.name}.previous-{os.getpid()}"
-    if run.path.exists():
-        run.path.rename(previous)
-    run.path.mkdir(parents=True)
+    if fresh:
+        if run.path.exists():
+            run.path.rename(previous)
+        run.path.mkdir(parents=True)
     try:
         result = trainer.fit()
-    except BaseException as err:
-        if isinstance(err, TinyLMError) or not run.latest_checkpoint.exists():
+    except BaseException:
+        if fresh and trainer.store.target(LATEST) is None:
             shutil.rmtree(run.path, ignore_errors=True)
             if previous.exists():
                 previous.rename(run.path)
         raise
-    shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(previous, ignore_errors=True)  # gone already if it was put back
     return result
 
 
+def _resume_point(run: RunDir, config: Config, overwrite: bool, resume: bool) -> Path | None:
+    """The checkpoint to continue from, None for a fresh start; or a clear refusal."""
+    path = run.path
+    if resume and overwrite:
+        raise TinyLMError("--resume and --overwrite contradict each other; pass one")
+    if not path.exists() or not any(path.iterdir()):
+        if resume:
+            raise TinyLMError(f"{path}: nothing to resume (no such run directory)")
+        return None
+    if not run.config.exists():
+        raise TinyLMError(f"{path}: not a tinylm run directory; refusing to write into it")
+    if overwrite:
+        return None
+    latest = run.latest_checkpoint
+    has_checkpoint = latest.exists()
+    if resume:
+        if not has_checkpoint:
+            raise TinyLMError(f"{path}: no checkpoint to resume from yet; start it again "
+                              "with --overwrite")  # fmt: skip
+        return resolve_checkpoint(latest)
+    saved = load_config(run.config)
+    if saved != config:
+        ours, theirs = config.to_dict(), saved.to_dict()
+        diffs = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k)]
+        raise TinyLMError(
+            f"{path}: run directory already exists with another config ({', '.join(diffs[:3])} "
+            "differ); pass --resume to continue it with these settings, --overwrite to start "
+            "over, or choose another --out"
+        )
+    # Same config: re-running the command continues the run (or restarts one that died
+    # before its first checkpoint).
+    return resolve_checkpoint(latest) if has_checkpoint else None
+
+
 class Trainer:
-    def __init__(self, config: Config, run: RunDir) -> None:
+    def __init__(self, config: Config, run: RunDir, resume_from: Path | None = None) -> None:
         self.config, self.run = config, run
         t = config.train
-        _seed_everything(t.seed)
+        seed_everything(t.seed)
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         self.device = resolve_device(t.device)
@@ -117,127 +188,207 @@ class Trainer:
             _print(f"note: the {config.data.val_split} split is empty; training without validation")
             self.val_tokens = None
 
-        self.model = GPT(config.model).to(self.device)
-        self.optimizer = build_optimizer(self.model, config.optim)
+        self.model, self.optimizer = self._build_model_and_optimizer()
         self.planned_steps = _planned_steps(config, self.loader.batches_per_epoch)
+        tokens_per_step = t.batch_size * t.grad_accum * config.model.block_size
+        planned_tokens = (
+            self.planned_steps * tokens_per_step if self.planned_steps < sys.maxsize else math.inf
+        )
+        if t.max_tokens:
+            planned_tokens = min(planned_tokens, t.max_tokens)
+        budget_steps = self.planned_steps if self.planned_steps < sys.maxsize else math.inf
+        if t.max_tokens:
+            budget_steps = min(budget_steps, math.ceil(t.max_tokens / tokens_per_step))
+        self.schedule = build_schedule(config.optim, budget_steps, planned_tokens)
+        self.store = CheckpointStore(run.checkpoints, t.keep_checkpoints)
 
+        # Everything below is saved in a checkpoint and restored by _resume.
         self.step = self.tokens_seen = 0
         self.loss = math.nan
         self.recent_losses: deque[float] = deque(maxlen=RECENT_STEPS)
         self.val: EvalResult | None = None
         self.val_step = -1
+        self.next_eval_tokens = t.eval_interval_tokens
+        self.best_val = math.inf
+        self.evals_without_improvement = 0
+        self.skipped_steps = 0
+        self.train_seconds_before = self.elapsed_before = 0.0  # of earlier sessions
+
+        self.resumed_from: int | None = None
+        if resume_from is not None:
+            self._resume(resume_from)
+
+        self.saved_step = self.resumed_from if self.resumed_from is not None else -1
+        self.session_tokens = 0
         self.start = 0.0
         self.eval_seconds = 0.0  # excluded from tokens/s, which measures training alone
+        self.stop_signal = 0
+
+    # --- the two pieces a performance change replaces -----------------------------------
+
+    def _build_model_and_optimizer(self) -> tuple[GPT, torch.optim.Optimizer]:
+        model = GPT(self.config.model).to(self.device)
+        return model, build_optimizer(model, self.config.optim)
+
+    def _micro_batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss of one (B, T) micro-batch: a scalar with a graph."""
+        return next_token_loss(self.model(batch), batch)
+
+    # --- the loop ---------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
         t, run, planned_steps = self.config.train, self.run, self.planned_steps
-        save_config(self.config, run.config)
+        write_atomic(run.config, _config_yaml(self.config))
+        self.store.clean_partial()
+        self.metrics = MetricsLog(
+            run.metrics, run.tensorboard if t.tensorboard else None, self.resumed_from
+        )
+        what = f"resumed at step {self.step:,}" if self.resumed_from is not None else "run"
         _print(
             f"model: {self.model.num_parameters():,} parameters | data: "
             f"{self.loader.num_blocks:,} blocks of {self.config.model.block_size} tokens, "
             f"{self.loader.batches_per_epoch:,} batches/epoch | device: {self.device} | "
-            f"run: {run.path}"
+            f"{what}: {run.path}"
         )
-        interrupted = False
+        stop_reason = "budget"
         self.start = time.monotonic()
-        deadline = self.start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
+        budget_s = t.max_minutes * 60 - self.train_seconds_before if t.max_minutes else math.inf
+        deadline = self.start + budget_s
         bar_total = planned_steps if planned_steps < sys.maxsize else None
         self.model.train()
-        with open(run.metrics, "w") as self.metrics, progress(bar_total, "train", "step") as bar:
-            try:
-                while self.step < planned_steps and time.monotonic() < deadline:
+        previous_handlers = _install_signal_handlers(self._on_signal)
+        try:
+            with progress(bar_total, "train", "step", initial=self.step) as bar:
+                while self._budget_left(deadline):
                     self._step()
-                    if t.eval_interval and self.step % t.eval_interval == 0:
-                        self._validate()
-                    elapsed = time.monotonic() - self.start
-                    eta = min(
-                        (planned_steps - self.step) * elapsed / self.step,
-                        deadline - time.monotonic(),
-                    )
-                    if math.isfinite(deadline):  # a time budget: re-estimate the bar's length
-                        bar.total = min(planned_steps, self.step + int(eta * self.step / elapsed))
-                    bar.update(1)
-                    bar.set_postfix_str(
-                        f"loss {self._recent_loss():.3f}"
-                        + (f" | val {self.val.loss:.3f}" if self.val else "")
-                        + f" | {self._rate():,.0f} tok/s | ETA {_duration(eta)}",
-                        refresh=False,
-                    )
-            except KeyboardInterrupt:
-                interrupted = True
-                _print(f"interrupted at step {self.step}: saving a checkpoint")
-            bar.total = self.step  # the budget that ended the run may not be the planned one
-            bar.refresh()
-            train_seconds = time.monotonic() - self.start - self.eval_seconds
+                    improved = self._validate_if_due()
+                    if improved or (t.checkpoint_interval and self.step % t.checkpoint_interval
+                                    == 0):  # fmt: skip
+                        self._save(best=improved)
+                    if t.early_stop_patience and \
+                            self.evals_without_improvement >= t.early_stop_patience:  # fmt: skip
+                        stop_reason = "early_stop"
+                        _print(
+                            f"early stop at step {self.step}: no val loss better than "
+                            f"{self.best_val:.4f} - {t.early_stop_min_delta:g} in the last "
+                            f"{t.early_stop_patience} validations"
+                        )
+                        break
+                    if self.stop_signal:
+                        stop_reason = "signal"
+                        name = signal.Signals(self.stop_signal).name
+                        _print(f"{name} at step {self.step}: saving a checkpoint")
+                        break
+                    self._update_bar(bar, deadline)
+                bar.total = self.step  # the budget that ended the run may not be the planned one
+                bar.refresh()
             if self.step:
-                self._validate()  # the final measurement, unless this step already had one
-
-        meta = {
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "train_seconds": train_seconds,
-            "elapsed_s": time.monotonic() - self.start,
-            "loader": self.loader.state_dict(),
-            "train_loss": self._recent_loss(),
-            "train_loss_steps": len(self.recent_losses),
-            "last_step_loss": self.loss,
-            "val": self.val.to_dict() if self.val else None,
-            "dataset": str(self.dataset.path),
-            "tokenizer": {"name": self.tokenizer.name, "fingerprint": self.tokenizer.fingerprint},
-            "num_parameters": self.model.num_parameters(),
-            "interrupted": interrupted,
-        }
-        save_checkpoint(run.latest_checkpoint, self.model, self.config, meta)
+                self._save(best=self._validate())  # unless this step already had them
+        finally:
+            _restore_signal_handlers(previous_handlers)
+            self.metrics.close()
         plot_losses([run], run.loss_plot)
         return TrainResult(
             run,
             self.step,
             self.tokens_seen,
-            train_seconds,
+            self._train_seconds(),
             self._recent_loss(),
             self.val,
-            interrupted,
+            interrupted=stop_reason == "signal",
+            signal=self.stop_signal,
+            stop_reason=stop_reason,
+            resumed_from=self.resumed_from,
+        )
+
+    def _budget_left(self, deadline: float) -> bool:
+        t = self.config.train
+        return (
+            self.step < self.planned_steps
+            and (not t.max_tokens or self.tokens_seen < t.max_tokens)
+            and time.monotonic() < deadline
         )
 
     def _step(self) -> None:
-        """One AdamW update on the next batch, and its metrics record."""
-        batch = self.loader.next_batch().to(self.device)  # (B, T)
-        try:
-            loss = next_token_loss(self.model(batch), batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        except RuntimeError as err:  # torch.OutOfMemoryError is one
-            if is_out_of_memory(err):
-                raise TinyLMError(
-                    f"out of memory at batch size {batch.shape[0]} x {batch.shape[1]} tokens; "
-                    "lower train.batch_size (or model.n_embd / model.block_size)"
-                ) from None
-            raise
+        """One optimizer step over grad_accum micro-batches, and its metrics record."""
+        accum = self.config.train.grad_accum
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, tokens = [], 0
+        for _ in range(accum):
+            batch = self.loader.next_batch().to(self.device)  # (B, T)
+            try:
+                loss = self._micro_batch_loss(batch)
+                (loss / accum if accum > 1 else loss).backward()
+            except RuntimeError as err:  # torch.OutOfMemoryError is one
+                if is_out_of_memory(err):
+                    raise TinyLMError(
+                        f"out of memory at batch size {batch.shape[0]} x {batch.shape[1]} "
+                        "tokens; lower train.batch_size (raise train.grad_accum to keep the "
+                        "global batch) or model.n_embd / model.block_size"
+                    ) from None
+                raise
+            losses.append(loss.detach())
+            tokens += batch.numel()
+        step_loss = (losses[0] if accum == 1 else torch.stack(losses).mean()).item()
         clip = self.config.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), clip if clip > 0 else math.inf
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         )  # the norm before clipping
-        self.optimizer.step()
-
         self.step += 1
-        self.tokens_seen += batch.numel()
-        self.loss = loss.item()
-        self.recent_losses.append(self.loss)
-        if self.step % self.config.train.log_interval == 0 or self.step == self.planned_steps:
+        self.tokens_seen += tokens
+        self.session_tokens += tokens
+        lr = self.schedule.lr_for(self.step, self.tokens_seen)
+        finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
+        if finite:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            self.loss = step_loss
+            self.recent_losses.append(step_loss)
+        else:
+            self.skipped_steps += 1
+            _print(f"step {self.step}: non-finite loss or gradient norm; update skipped "
+                   f"({self.skipped_steps} so far)")  # fmt: skip
+        if (
+            self.step % self.config.train.log_interval == 0
+            or self.step == self.planned_steps
+            or not finite
+        ):
             loader = self.loader
             self._record(
                 kind="train",
                 epoch=loader.epoch + loader.batch_in_epoch / loader.batches_per_epoch,
-                loss=self.loss,
-                lr=self.optimizer.param_groups[0]["lr"],
-                grad_norm=float(grad_norm),
+                loss=step_loss,
+                lr=lr,
+                grad_norm=grad_norm,
                 tokens_per_s=self._rate(),
+                skipped_steps=self.skipped_steps,
+            )
+        if self.skipped_steps >= self.config.train.max_skipped_steps > 0 and not finite:
+            self._save(best=False)  # the weights are those before the bad steps
+            raise TinyLMError(
+                f"stopped at step {self.step}: {self.skipped_steps} steps had a non-finite loss "
+                f"or gradient (train.max_skipped_steps={self.config.train.max_skipped_steps}); "
+                f"{self.run.latest_checkpoint} holds the last good weights; lower optim.lr or "
+                "raise optim.warmup, then resume with --resume"
             )
 
-    def _validate(self) -> None:
-        """Validation loss on the fixed val batches, once per step at most."""
+    def _validate_if_due(self) -> bool:
+        t = self.config.train
+        due = bool(t.eval_interval) and self.step % t.eval_interval == 0
+        if t.eval_interval_tokens and self.tokens_seen >= self.next_eval_tokens:
+            due = True
+            while self.next_eval_tokens <= self.tokens_seen:
+                self.next_eval_tokens += t.eval_interval_tokens
+        return self._validate() if due else False
+
+    def _validate(self) -> bool:
+        """Validation loss on the fixed val batches, once per step at most.
+
+        Returns whether it beat the best so far by more than early_stop_min_delta.
+        """
         if self.val_tokens is None or self.val_step == self.step:
-            return
+            return False
         eval_start = time.monotonic()
         self.val = evaluate(
             self.model,
@@ -250,58 +401,164 @@ class Trainer:
         )
         self.val_step = self.step
         self.eval_seconds += time.monotonic() - eval_start
+        improved = self.val.loss < self.best_val - self.config.train.early_stop_min_delta
+        if improved:
+            self.best_val, self.evals_without_improvement = self.val.loss, 0
+        else:
+            self.evals_without_improvement += 1
         self._record(
             kind="val",
             val_loss=self.val.loss,
             val_ppl=self.val.perplexity,
             val_bpb=self.val.bits_per_byte,
+            best_val_loss=self.best_val,
+        )
+        return improved
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def _save(self, best: bool) -> None:
+        """A checkpoint of this step as `latest` (and `best`); once per step."""
+        meta = self._meta()
+        if self.saved_step == self.step:  # same tensors: only the metadata moves on
+            path = self.store.target("latest")
+            assert path is not None
+            self.store.rewrite_meta(path, self.config, meta)
+        else:
+            rng_json, rng_tensors = capture_rng()
+            meta["rng"] = rng_json
+            state = {**optimizer_tensors(self.model, self.optimizer), **rng_tensors}
+            path = self.store.save(self.step, self.model, self.config, meta, state)
+            self.saved_step = self.step
+        if best:
+            self.store.point(BEST, path)
+        self.store.prune()
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self._train_seconds(),
+            "elapsed_s": self._elapsed(),
+            "loader": self.loader.state_dict(),
+            "train_loss": self._recent_loss(),
+            "train_loss_steps": len(self.recent_losses),
+            "last_step_loss": self.loss,
+            "val": self.val.to_dict() if self.val else None,
+            "dataset": str(self.dataset.path),
+            "tokenizer": {"name": self.tokenizer.name, "fingerprint": self.tokenizer.fingerprint},
+            "num_parameters": self.model.num_parameters(),
+            "interrupted": bool(self.stop_signal),
+            "trainer": {
+                "recent_losses": list(self.recent_losses),
+                "val_step": self.val_step,
+                "next_eval_tokens": self.next_eval_tokens,
+                "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+                "evals_without_improvement": self.evals_without_improvement,
+                "skipped_steps": self.skipped_steps,
+            },
+        }
+
+    def _resume(self, path: Path) -> None:
+        """Restore every piece of state a checkpoint holds (checked before any write)."""
+        meta = read_meta(path)
+        check_compatible(path, meta, self.config, self.tokenizer)
+        if "trainer" not in meta or "rng" not in meta:
+            raise TinyLMError(f"{path}: checkpoint lacks the trainer state needed to resume")
+        load_weights(path, self.model)
+        state = read_state(path)
+        load_optimizer_tensors(path, self.model, self.optimizer, state)
+        restore_rng(meta["rng"], state)
+        self.loader.load_state_dict(meta["loader"])
+        tr = meta["trainer"]
+        self.step, self.tokens_seen = meta["step"], meta["tokens_seen"]
+        self.loss = meta["last_step_loss"] if meta["last_step_loss"] is not None else math.nan
+        self.recent_losses.extend(tr["recent_losses"])
+        self.val = EvalResult(**meta["val"]) if meta.get("val") else None
+        self.val_step = tr["val_step"]
+        self.next_eval_tokens = tr["next_eval_tokens"]
+        self.best_val = tr["best_val_loss"] if tr["best_val_loss"] is not None else math.inf
+        self.evals_without_improvement = tr["evals_without_improvement"]
+        self.skipped_steps = tr["skipped_steps"]
+        self.train_seconds_before = meta["train_seconds"]
+        self.elapsed_before = meta["elapsed_s"]
+        self.resumed_from = self.step
+
+    # --- signals, progress, records ---------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal:  # a second signal: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+
+    def _update_bar(self, bar: Any, deadline: float) -> None:
+        elapsed = time.monotonic() - self.start
+        done = max(self.step - (self.resumed_from or 0), 1)
+        eta = min((self.planned_steps - self.step) * elapsed / done, deadline - time.monotonic())
+        if math.isfinite(deadline) and elapsed > 0:  # a time budget: re-estimate the length
+            bar.total = min(self.planned_steps, self.step + int(eta * done / elapsed))
+        bar.update(1)
+        bar.set_postfix_str(
+            f"loss {self._recent_loss():.3f}"
+            + (f" | val {self.val.loss:.3f}" if self.val else "")
+            + f" | {self._rate():,.0f} tok/s | ETA {_duration(eta)}",
+            refresh=False,
         )
 
     def _recent_loss(self) -> float:
         return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else math.nan
 
+    def _train_seconds(self) -> float:
+        session = time.monotonic() - self.start - self.eval_seconds if self.start else 0.0
+        return self.train_seconds_before + session
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.start if self.start else 0.0)
+
     def _rate(self) -> float:
         seconds = time.monotonic() - self.start - self.eval_seconds
-        return self.tokens_seen / seconds if seconds > 0 else 0.0
+        return self.session_tokens / seconds if seconds > 0 else 0.0
 
     def _record(self, **fields: Any) -> None:
-        record = {
-            "kind": fields.pop("kind"),
-            "step": self.step,
-            "tokens": self.tokens_seen,
-            "elapsed_s": time.monotonic() - self.start,
-            **fields,
-        }
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        self.metrics.write(
+            {
+                "kind": fields.pop("kind"),
+                "step": self.step,
+                "tokens": self.tokens_seen,
+                "elapsed_s": self._elapsed(),
+                **fields,
+            }
+        )
 
 
 def _planned_steps(config: Config, batches_per_epoch: int) -> int:
+    """Optimizer steps the step/epoch budgets allow (sys.maxsize: no such budget)."""
+    t = config.train
     limits = []
-    if config.train.epochs > 0:
-        limits.append(math.ceil(config.train.epochs * batches_per_epoch))
-    if config.train.max_steps > 0:
-        limits.append(config.train.max_steps)
+    if t.epochs > 0:
+        limits.append(math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
+    if t.max_steps > 0:
+        limits.append(t.max_steps)
+    if t.max_tokens > 0:
+        tokens_per_step = t.batch_size * t.grad_accum * config.model.block_size
+        limits.append(math.ceil(t.max_tokens / tokens_per_step))
     return min(limits) if limits else sys.maxsize  # time budget only
 
 
-def _check_run_dir(path: Path, overwrite: bool) -> RunDir:
-    """Refuse to clobber a run (unless asked) or a directory that is not a run."""
-    run = RunDir(path)
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise TinyLMError(
-                f"{path}: run directory already exists; pass --overwrite or choose another --out"
-            )
-        if not run.config.exists():
-            raise TinyLMError(f"{path}: not a tinylm run directory; refusing to overwrite it")
-    return run
+def _config_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def _install_signal_handlers(handler: Any) -> dict[int, Any]:
+    """SIGINT and SIGTERM set a flag the loop checks after each step (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def _print(message: str) -> None:

@@ -1,0 +1,51 @@
+"""Where training measurements go: RUN/metrics.jsonl and TensorBoard event files.
+
+One record per call: {"kind": "train" | "val", "step", "tokens", "elapsed_s", ...}.
+Every numeric field becomes a TensorBoard scalar `<kind>/<field>` at that step.
+A resumed run first drops the records of steps after its checkpoint (they will be
+trained again), so the file holds one unbroken history.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tinylm.atomic import write_atomic
+from tinylm.training.checkpoint import json_safe
+
+
+class MetricsLog:
+    def __init__(self, jsonl: Path, tensorboard_dir: Path | None, resume_step: int | None) -> None:
+        if resume_step is not None and jsonl.is_file():
+            kept = []
+            for line in jsonl.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a run killed mid-write leaves at most one partial last line
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line + "\n")
+            write_atomic(jsonl, "".join(kept))
+        self.file = open(jsonl, "a" if resume_step is not None else "w")  # noqa: SIM115
+        self.tb = None
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: ~1 s
+
+            # purge_step hides events a killed run wrote past its checkpoint.
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=purge)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(json_safe(record)) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("kind", "step") and isinstance(value, int | float):
+                    self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
