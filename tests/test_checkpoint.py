@@ -64,8 +64,8 @@ def test_crash_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_pa
     assert ckpt.meta["step"] == 1
     torch.manual_seed(0)
     fresh = GPT(ckpt.config.model)
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
-                                                 ckpt.model.state_dict().values()))  # fmt: skip
+    pairs = zip(fresh.state_dict().values(), ckpt.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     CheckpointStore(root, keep=2).clean_partial()  # the next run tidies up
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001"]
 
@@ -95,7 +95,8 @@ def test_optimizer_state_round_trips_by_parameter_name():
     assert "optim.wte.weight.exp_avg" in saved and "optim.ln_f.bias.step" in saved
     other = build_optimizer(model, cfg.optim)
     load_optimizer_tensors(Path("x"), model, other, saved)
-    for a, b in zip(opt.state_dict()["state"].values(), other.state_dict()["state"].values()):
+    before, after = opt.state_dict()["state"], other.state_dict()["state"]
+    for a, b in zip(before.values(), after.values(), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 

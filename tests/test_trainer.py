@@ -91,7 +91,7 @@ def test_accumulating_two_half_batches_equals_one_full_batch(wiki_data, tmp_path
                  tmp_path / "accum")  # fmt: skip
     assert full.tokens == half.tokens == 8 * 32
     assert full.train_loss == pytest.approx(half.train_loss, rel=1e-6)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*grads))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*grads, strict=True))
 
 
 def test_token_budget_and_lr_schedule_in_the_metrics(wiki_data, tmp_path):
@@ -164,9 +164,7 @@ def test_non_finite_steps_are_skipped_and_counted(wiki_data, tmp_path, monkeypat
     assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
 
 
-def test_too_many_non_finite_steps_stop_with_a_usable_checkpoint(
-    wiki_data, tmp_path, monkeypatch
-):
+def test_too_many_non_finite_steps_stop_with_a_usable_checkpoint(wiki_data, tmp_path, monkeypatch):
     poison(monkeypatch, nan_loss_steps=set(range(4, 100)))
     cfg = tiny_config(wiki_data, "train.max_steps=30", "train.max_skipped_steps=3")
     with pytest.raises(TinyLMError, match=r"stopped at step 6: 3 steps had a non-finite"):
