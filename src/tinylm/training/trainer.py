@@ -262,16 +262,16 @@ class Trainer:
                 while self._budget_left(deadline):
                     self._step()
                     improved = self._validate_if_due()
-                    if improved or (t.checkpoint_interval and self.step % t.checkpoint_interval
-                                    == 0):  # fmt: skip
+                    interval = t.checkpoint_interval
+                    if improved or (interval and self.step % interval == 0):
                         self._save(best=improved)
-                    if t.early_stop_patience and \
-                            self.evals_without_improvement >= t.early_stop_patience:  # fmt: skip
+                    patience = t.early_stop_patience
+                    if patience and self.evals_without_improvement >= patience:
                         stop_reason = "early_stop"
                         _print(
-                            f"early stop at step {self.step}: no val loss better than "
-                            f"{self.best_val:.4f} - {t.early_stop_min_delta:g} in the last "
-                            f"{t.early_stop_patience} validations"
+                            f"early stop at step {self.step}: {patience} validations without "
+                            f"beating the best val loss {self.best_val:.4f} "
+                            f"(by more than {t.early_stop_min_delta:g})"
                         )
                         break
                     if self.stop_signal:
@@ -283,7 +283,9 @@ class Trainer:
                 bar.total = self.step  # the budget that ended the run may not be the planned one
                 bar.refresh()
             if self.step:
-                self._save(best=self._validate())  # unless this step already had them
+                # The final validation (unless this step had one); a signal saves at once,
+                # as a preempted job may have only seconds left.
+                self._save(best=stop_reason != "signal" and self._validate())
         finally:
             _restore_signal_handlers(previous_handlers)
             self.metrics.close()
