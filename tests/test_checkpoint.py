@@ -138,3 +138,10 @@ def test_every_torch_load_is_weights_only():
     for file in src.rglob("*.py"):
         for call in re.findall(r"torch\.load\([^)]*\)", file.read_text()):
             assert "weights_only=True" in call, f"{file}: {call}"
+
+
+def test_resume_refuses_another_batch_size(tiny_run, capsys):
+    """The loader's position is counted in batches: it only holds for the same batch size."""
+    code = main(["train", "train.batch_size=4", "--out", str(tiny_run), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "train.batch_size=8 (config: 4)" in err, err

@@ -467,6 +467,13 @@ class Trainer:
         check_compatible(path, meta, self.config, self.tokenizer)
         if "trainer" not in meta or "rng" not in meta:
             raise TinyLMError(f"{path}: checkpoint lacks the trainer state needed to resume")
+        for key in ("batch_size", "seed"):  # the data position is counted in seeded batches
+            saved, wanted = meta["config"]["train"][key], getattr(self.config.train, key)
+            if saved != wanted:
+                raise TinyLMError(
+                    f"{path}: checkpoint was trained with train.{key}={saved} (config: "
+                    f"{wanted}); its data position only holds for the same value"
+                )
         load_weights(path, self.model)
         state = read_state(path)
         load_optimizer_tensors(path, self.model, self.optimizer, state)
