@@ -128,7 +128,8 @@ def test_early_stopping_on_a_rising_val_curve(wiki_data, tmp_path):
     best, and `best` holds the checkpoint of the lowest val loss."""
     cfg = tiny_config(wiki_data, "train.max_steps=60", "optim.lr=3", "optim.grad_clip=0",
                       "optim.warmup=40", "train.eval_interval=3", "train.eval_batches=1",
-                      "train.early_stop_patience=3", "train.checkpoint_interval=0")  # fmt: skip
+                      "train.early_stop_patience=3", "train.checkpoint_interval=0",
+                      "train.batch_size=4")  # fmt: skip
     result = train(cfg, tmp_path / "run")
     val = [r for r in metrics(tmp_path / "run") if r["kind"] == "val"]
     losses = [r["val_loss"] for r in val]
@@ -161,7 +162,7 @@ def poison(monkeypatch, nan_loss_steps, inf_grad_steps=()):
 
 def test_non_finite_steps_are_skipped_and_counted(wiki_data, tmp_path, monkeypatch):
     poison(monkeypatch, nan_loss_steps={3}, inf_grad_steps={5})
-    cfg = tiny_config(wiki_data, "train.max_steps=8", "train.eval_interval=0")
+    cfg = tiny_config(wiki_data, "train.max_steps=8", "train.eval_interval=0", "train.batch_size=4")
     result = train(cfg, tmp_path / "run")
     records = {r["step"]: r for r in metrics(tmp_path / "run") if r["kind"] == "train"}
     assert records[3]["loss"] is None and records[3]["skipped_steps"] == 1
@@ -174,7 +175,9 @@ def test_non_finite_steps_are_skipped_and_counted(wiki_data, tmp_path, monkeypat
 
 def test_too_many_non_finite_steps_stop_with_a_usable_checkpoint(wiki_data, tmp_path, monkeypatch):
     poison(monkeypatch, nan_loss_steps=set(range(4, 100)))
-    cfg = tiny_config(wiki_data, "train.max_steps=30", "train.max_skipped_steps=3")
+    cfg = tiny_config(
+        wiki_data, "train.max_steps=30", "train.max_skipped_steps=3", "train.batch_size=4"
+    )
     with pytest.raises(TinyLMError, match=r"stopped at step 6: 3 steps had a non-finite"):
         train(cfg, tmp_path / "run")
     ckpt = load_checkpoint(tmp_path / "run")  # the run dir stays, with its last checkpoint
