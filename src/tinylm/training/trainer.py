@@ -132,8 +132,9 @@ def _resume_point(run: RunDir, config: Config, overwrite: bool, resume: bool) ->
     has_checkpoint = latest.exists()
     if resume:
         if not has_checkpoint:
-            raise TinyLMError(f"{path}: no checkpoint to resume from yet; start it again "
-                              "with --overwrite")  # fmt: skip
+            raise TinyLMError(
+                f"{path}: no checkpoint to resume from yet; start it again with --overwrite"
+            )
         return resolve_checkpoint(latest)
     saved = load_config(run.config)
     if saved != config:
@@ -190,16 +191,12 @@ class Trainer:
 
         self.model, self.optimizer = self._build_model_and_optimizer()
         self.planned_steps = _planned_steps(config, self.loader.batches_per_epoch)
-        tokens_per_step = t.batch_size * t.grad_accum * config.model.block_size
-        planned_tokens = (
-            self.planned_steps * tokens_per_step if self.planned_steps < sys.maxsize else math.inf
-        )
-        if t.max_tokens:
-            planned_tokens = min(planned_tokens, t.max_tokens)
+        # A decaying schedule without an explicit length spans the budget (inf: time only).
         budget_steps = self.planned_steps if self.planned_steps < sys.maxsize else math.inf
+        budget_tokens = budget_steps * t.batch_size * t.grad_accum * config.model.block_size
         if t.max_tokens:
-            budget_steps = min(budget_steps, math.ceil(t.max_tokens / tokens_per_step))
-        self.schedule = build_schedule(config.optim, budget_steps, planned_tokens)
+            budget_tokens = min(budget_tokens, t.max_tokens)
+        self.schedule = build_schedule(config.optim, budget_steps, budget_tokens)
         self.store = CheckpointStore(run.checkpoints, t.keep_checkpoints)
 
         # Everything below is saved in a checkpoint and restored by _resume.
