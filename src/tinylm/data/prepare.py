@@ -37,7 +37,13 @@ from tinylm import __version__
 from tinylm.atomic import fsync_dir, replace_dir, write_atomic
 from tinylm.data.clean import CleanOptions, clean_text
 from tinylm.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_DIR, token_dtype
-from tinylm.data.sources import BUILTINS, SourceCounts, SourceOptions, iter_documents
+from tinylm.data.sources import (
+    BUILTINS,
+    SourceCounts,
+    SourceOptions,
+    check_source,
+    iter_documents,
+)
 from tinylm.data.tokenizer import TOKENIZER_FILE, HFTokenizer, Tokenizer, get_tokenizer
 from tinylm.errors import TinyLMError
 from tinylm.progress import progress
@@ -114,6 +120,8 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
         raise TinyLMError(
             f"--weights: expected {len(opts.sources)} positive numbers, one per source"
         )
+    for spec in opts.sources:
+        check_source(spec)
     workers = opts.workers or os.cpu_count() or 1
     partial = out.parent / f".{out.name}.partial"
     if partial.exists():
@@ -166,7 +174,7 @@ def _prepare_into(
     ]
     seen: set[bytes] = set()
     total_bytes = _known_size(opts.sources)
-    bar = progress(total_bytes and total_bytes / 1e6, desc="prepare", unit="MB")
+    bar = progress(total_bytes and total_bytes / 1e6, desc="prepare", unit="MB", delay=1.0)
     bar.bar_format = None if total_bytes else "{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}{postfix}]"
     docs = tokens = 0
     with bar, _Encoder(opts.tokenizer, opts.clean, opts.seed, workers) as encoder:

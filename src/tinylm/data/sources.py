@@ -85,6 +85,15 @@ def iter_documents(
         yield from _read_file(file, options, counts)
 
 
+def check_source(spec: str) -> None:
+    """Fail early (before any output) on a source that cannot be found."""
+    if spec.startswith("builtin:"):
+        if spec.removeprefix("builtin:") not in BUILTINS:
+            next(_builtin(spec.removeprefix("builtin:")))
+    elif not spec.startswith("hf:"):
+        _files_of(spec)
+
+
 def _files_of(spec: str) -> list[Path]:
     if glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
