@@ -292,3 +292,22 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     assert err.strip().splitlines()[-1].startswith("tinylm prepare: error: ")
     assert "disk full" in err and "free some space" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_stats_counts_documents_tokens_and_lengths(tmp_path, capsys):
+    from tinylm.cli import main
+    from tinylm.data.stats import dataset_stats
+
+    m = run_prepare(write_corpus(tmp_path), tmp_path / "out", shard_tokens=50)
+    ds = PreparedDataset.open(tmp_path / "out")
+    stats = dataset_stats(ds, top=3)
+    for split in ("train", "val", "test"):
+        s, info = stats[split], m["splits"][split]
+        docs = split_documents(ds, split)
+        assert s["documents"] == len(docs) and s["tokens"] == info["tokens"]
+        assert sum(n for *_, n in s["length_histogram"]) == len(docs)  # across shard ends
+        assert s["top_tokens"][0] == (50256, len(docs)) or s["top_tokens"][0][1] >= len(docs)
+        assert s["bytes_per_token"] == info["text_bytes"] / (info["tokens"] - len(docs))
+    assert main(["data", "stats", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(m["description"]) and "bytes/token" in out and "top tokens:" in out

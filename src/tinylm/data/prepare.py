@@ -43,6 +43,7 @@ from tinylm.data.sources import (
     SourceOptions,
     check_source,
     iter_documents,
+    source_files,
 )
 from tinylm.data.tokenizer import TOKENIZER_FILE, HFTokenizer, Tokenizer, get_tokenizer
 from tinylm.errors import TinyLMError
@@ -174,7 +175,7 @@ def _prepare_into(
     ]
     seen: set[bytes] = set()
     total_bytes = _known_size(opts.sources)
-    bar = progress(total_bytes and total_bytes / 1e6, desc="prepare", unit="MB", delay=1.0)
+    bar = progress(total_bytes / 1e6 if total_bytes else None, desc="prepare", unit="MB", delay=1.0)
     bar.bar_format = None if total_bytes else "{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}{postfix}]"
     docs = tokens = 0
     with bar, _Encoder(opts.tokenizer, opts.clean, opts.seed, workers) as encoder:
@@ -398,15 +399,18 @@ class _Encoder:
 
 
 def _known_size(sources: Sequence[str]) -> int:
-    """Total bytes of the inputs when all are plain local files (for an ETA), else 0."""
+    """Total bytes of the inputs when all are plain local files (for an ETA), else 0.
+
+    Progress counts characters of text, so for JSON the bar ends a little short of 100%.
+    """
     total = 0
     for spec in sources:
-        path = Path(spec)
-        if spec.startswith(("builtin:", "hf:")) or not path.is_file():
+        if spec.startswith(("builtin:", "hf:")):
             return 0
-        if path.suffix.lower() in {".gz", ".zst", ".parquet"}:
-            return 0
-        total += path.stat().st_size
+        for file in source_files(spec):
+            if file.suffix.lower() in {".gz", ".zst", ".parquet"}:
+                return 0
+            total += file.stat().st_size
     return total
 
 

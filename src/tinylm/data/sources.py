@@ -81,7 +81,7 @@ def iter_documents(
     if spec.startswith("hf:"):
         yield from _hf_dataset(spec.removeprefix("hf:"), options, counts)
         return
-    for file in _files_of(spec):
+    for file in source_files(spec):
         yield from _read_file(file, options, counts)
 
 
@@ -91,10 +91,10 @@ def check_source(spec: str) -> None:
         if spec.removeprefix("builtin:") not in BUILTINS:
             next(_builtin(spec.removeprefix("builtin:")))
     elif not spec.startswith("hf:"):
-        _files_of(spec)
+        source_files(spec)
 
 
-def _files_of(spec: str) -> list[Path]:
+def source_files(spec: str) -> list[Path]:
     if glob.has_magic(spec):
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
         if not files:

@@ -151,7 +151,7 @@ class HFTokenizer(Tokenizer):
         try:
             data = path.read_bytes()
             self.hf = HFTok.from_str(data.decode("utf-8"))
-        except (OSError, UnicodeDecodeError, Exception) as err:  # tokenizers raises Exception
+        except Exception as err:  # OSError, UnicodeDecodeError, or tokenizers' own Exception
             raise TinyLMError(
                 f"{path}: not a readable tokenizer.json ({str(err).splitlines()[0][:80]}); "
                 "train one with `tinylm tokenizer train`"
