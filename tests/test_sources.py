@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from tinylm.data import sources
 from tinylm.data.prepare import PrepareOptions, prepare
 from tinylm.data.sources import SourceCounts, SourceOptions, iter_documents
 from tinylm.errors import TinyLMError
@@ -119,3 +120,16 @@ def test_missing_field_empty_source_corrupt_parquet_and_gzip(tmp_path):
     with pytest.raises(TinyLMError, match="bad.jsonl.gz: corrupt compressed file"):
         texts(tmp_path / "bad.jsonl.gz")
     assert not (tmp_path / "d").exists()
+
+
+def test_a_huge_text_file_is_cut_at_blank_lines(tmp_path, monkeypatch):
+    """Memory stays bounded for one giant .txt: pieces past TEXT_PIECE bytes, at blank lines."""
+    monkeypatch.setattr(sources, "TEXT_PIECE", 100)
+    paragraphs = [f"Paragraph {i} line one.\nLine two of {i}.\n" for i in range(20)]
+    (tmp_path / "big.txt").write_text("\n".join(paragraphs))
+    docs = list(iter_documents(str(tmp_path / "big.txt")))
+    assert 5 < len(docs) < 20 and all(d.text.endswith("\n\n") for d in docs[:-1])
+    assert "".join(d.text for d in docs) == "\n".join(paragraphs)
+    (tmp_path / "bad.txt").write_bytes(b"x" * 150 + b"\n\n" + b"caf\xe9\n")
+    with pytest.raises(TinyLMError, match="bad.txt: not valid UTF-8 at byte 155"):
+        list(iter_documents(str(tmp_path / "bad.txt")))

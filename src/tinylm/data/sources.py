@@ -36,6 +36,7 @@ COMPRESSED_SUFFIXES = {".gz", ".zst"}
 SCANNED_SUFFIXES = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
 INVALID_UTF8_POLICIES = ("error", "skip", "replace")
 BINARY_PROBE = 65536  # bytes looked at for NUL bytes
+TEXT_PIECE = 4 << 20  # a text file is cut into documents at blank lines past every 4 MiB
 
 
 @dataclass(frozen=True)
@@ -142,15 +143,51 @@ def _read_file(path: Path, options: SourceOptions, counts: SourceCounts) -> Iter
             if kind in JSONL_SUFFIXES or kind == ".json":
                 yield from _read_json(path, f, options, counts)
             else:
-                text = _decode(f.read(), str(path), options.on_invalid_utf8, counts)
-                if text is not None and text.strip():
-                    yield Document(text, str(path))
+                yield from _read_text(path, f, options, counts)
         except (OSError, EOFError, gzip.BadGzipFile) as err:
             if isinstance(err, OSError) and err.errno is not None:
                 raise  # a real I/O error (disk), reported by the CLI
             raise TinyLMError(f"{path}: corrupt compressed file ({err})") from None
         except _zstd_error() as err:
             raise TinyLMError(f"{path}: corrupt zstd file ({err})") from None
+
+
+def _read_text(
+    path: Path, f: io.BufferedReader, options: SourceOptions, counts: SourceCounts
+) -> Iterator[Document]:
+    """The file as one document; a file over TEXT_PIECE bytes as pieces cut at blank lines.
+
+    Cutting keeps memory bounded for a single huge text file (a 1 GB dump is ~256 documents).
+    """
+    piece: list[bytes] = []
+    size = start = part = 0
+    for line in f:
+        piece.append(line)
+        size += len(line)
+        if size >= TEXT_PIECE and (not line.strip() or size >= 2 * TEXT_PIECE):
+            yield from _text_piece(path, piece, start, part, options, counts)
+            start, size, part, piece = start + size, 0, part + 1, []
+    if piece:
+        yield from _text_piece(path, piece, start, part, options, counts)
+
+
+def _text_piece(
+    path: Path,
+    lines: list[bytes],
+    start: int,
+    part: int,
+    options: SourceOptions,
+    counts: SourceCounts,
+) -> Iterator[Document]:
+    data = b"".join(lines)
+    origin = f"{path}" if part == 0 else f"{path}@{start}"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        err.start += start  # report the offset in the file
+        text = _decode_failed(data, err, str(path), options.on_invalid_utf8, counts)
+    if text is not None and text.strip():
+        yield Document(text, origin)
 
 
 def _open_binary(path: Path) -> io.BufferedReader:
@@ -184,16 +221,22 @@ def _decode(data: bytes, origin: str, policy: str, counts: SourceCounts) -> str 
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        if policy == "skip":
-            counts.skipped["invalid_utf8"] += 1
-            return None
-        if policy == "replace":
-            counts.skipped["utf8_replaced"] += 1
-            return data.decode("utf-8", errors="replace")
-        raise TinyLMError(
-            f"{origin}: not valid UTF-8 at byte {err.start}; "
-            "pass --on-invalid-utf8=skip to skip such documents or =replace to replace bad bytes"
-        ) from None
+        return _decode_failed(data, err, origin, policy, counts)
+
+
+def _decode_failed(
+    data: bytes, err: UnicodeDecodeError, origin: str, policy: str, counts: SourceCounts
+) -> str | None:
+    if policy == "skip":
+        counts.skipped["invalid_utf8"] += 1
+        return None
+    if policy == "replace":
+        counts.skipped["utf8_replaced"] += 1
+        return data.decode("utf-8", errors="replace")
+    raise TinyLMError(
+        f"{origin}: not valid UTF-8 at byte {err.start}; "
+        "pass --on-invalid-utf8=skip to skip such documents or =replace to replace bad bytes"
+    ) from None
 
 
 def _read_json(
