@@ -365,6 +365,12 @@ def _hf_dataset(name: str, options: SourceOptions, counts: SourceCounts) -> Iter
         args = (name,)
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    try:  # the hub client logs each retry; the one-line error below says it all
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
     try:
         stream = datasets.load_dataset(*args, **kwargs)
         for i, record in enumerate(stream):
