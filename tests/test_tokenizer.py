@@ -111,7 +111,11 @@ def test_model_vocab_follows_the_data_and_a_mismatch_is_refused(bpe_data, tmp_pa
     assert main(["train", data, *tiny, "--out", str(tmp_path / "run")]) == 0
     meta = json.loads((tmp_path / "run" / "checkpoints" / "latest" / "meta.json").read_text())
     assert meta["config"]["model"]["vocab_size"] == 600
-    capsys.readouterr()
+    # eval and generate find the trained BPE through the dataset the model was trained on.
+    assert main(["eval", str(tmp_path / "run"), "--split", "val"]) == 0
+    assert main(["generate", str(tmp_path / "run"), "--prompt", "And God said",
+                 "--max-new-tokens", "5"]) == 0  # fmt: skip
+    assert "And God said" in capsys.readouterr().out
     assert (
         main(["train", data, *tiny, "model.vocab_size=50257", "--out", str(tmp_path / "r2")]) == 2
     )
