@@ -311,3 +311,41 @@ def test_data_stats_counts_documents_tokens_and_lengths(tmp_path, capsys):
     assert main(["data", "stats", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert out.startswith(m["description"]) and "bytes/token" in out and "top tokens:" in out
+
+
+def test_killed_prepare_resumes_from_its_saved_position_to_identical_bytes(tmp_path):
+    """kill -9 after some checkpoints; the same command continues and matches a clean run."""
+    script = (
+        "import sys; from pathlib import Path; "
+        "from tinylm.data.prepare import PrepareOptions, prepare; "
+        "prepare(PrepareOptions(['builtin:sotu'], Path(sys.argv[1]), chunk_chars=100_000, "
+        "checkpoint_chunks=4, shard_tokens=300_000))"
+    )
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    cmd = [sys.executable, "-c", script, str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if json.loads((partial / "progress.json").read_text())["chunks_done"] >= 20:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not out.exists()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate()
+    assert proc.returncode == 0 and "resuming the interrupted prepare" in err
+    opts = dict(chunk_chars=100_000, shard_tokens=300_000)
+    fresh = prepare(PrepareOptions(["builtin:sotu"], tmp_path / "fresh", **opts))
+    assert PreparedDataset.open(out).manifest == fresh
+    assert len(fresh["splits"]["train"]["shards"]) > 3
+    for shard in fresh["splits"]["train"]["shards"]:
+        assert (out / shard["file"]).read_bytes() == (
+            tmp_path / "fresh" / shard["file"]
+        ).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in (tmp_path / "fresh").iterdir()
+    )

@@ -12,14 +12,16 @@ order whatever the number of workers, so the output is byte-identical for 1 or N
 A document's split is a pure function of its cleaned text and the seed, so the same
 document lands in the same split when the corpus grows, and duplicates never straddle
 splits. Everything is written to DIR's hidden `.partial` sibling and renamed into place
-last: an interrupted run leaves nothing that looks like a dataset, and the next run
-removes the leftover and starts again.
+last: an interrupted run leaves nothing that looks like a dataset. Every few chunks the
+position is saved there (progress.json), so rerunning the same command resumes; the
+result is byte-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -52,7 +54,10 @@ from tinylm.progress import progress
 SPLITS = ("train", "val", "test")
 CHUNK_CHARS = 1_000_000  # characters of text per unit of work sent to a worker
 SHARD_TOKENS = 100_000_000  # a shard is closed at the first document end past this many tokens
+CHECKPOINT_CHUNKS = 32  # chunks between saved positions (~32M characters)
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+PROGRESS = "progress.json"  # inside DIR.partial: how far an interrupted run got
+SEEN = "seen.bin"  # inside DIR.partial: the dedup hashes so far, 16 bytes each
 
 
 @dataclass
@@ -72,6 +77,8 @@ class PrepareOptions:
     """Tokenizer processes; 0 means one per core. 1 tokenizes in this process."""
     shard_tokens: int = SHARD_TOKENS
     chunk_chars: int = CHUNK_CHARS
+    checkpoint_chunks: int = CHECKPOINT_CHUNKS
+    """Save the position every this many chunks, so an interrupted run can resume."""
     overwrite: bool = False
 
 
@@ -125,12 +132,22 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
         check_source(spec)
     workers = opts.workers or os.cpu_count() or 1
     partial = out.parent / f".{out.name}.partial"
-    if partial.exists():
+    key = _resume_key(opts, tokenizer)
+    resume = _saved_progress(partial, key)
+    if resume is None and partial.exists():
         print(f"note: removing {partial} left by an interrupted prepare", file=sys.stderr)
         shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    if resume is not None:
+        print(
+            f"note: resuming the interrupted prepare in {partial} after "
+            f"{resume['chunks_done']} chunks ({resume['tokens']:,} tokens)",
+            file=sys.stderr,
+        )
+    partial.mkdir(parents=True, exist_ok=True)
     try:
-        manifest = _prepare_into(partial, opts, tokenizer, weights, workers)
+        manifest = _prepare_into(partial, opts, tokenizer, weights, workers, key, resume)
+        (partial / PROGRESS).unlink(missing_ok=True)
+        (partial / SEEN).unlink(missing_ok=True)
         replace_dir(partial, out)
     except OSError as err:
         shutil.rmtree(partial, ignore_errors=True)
@@ -139,6 +156,10 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
                 f"{out}: disk full while writing ({err.strerror}); "
                 "free some space or choose another --out, then run prepare again"
             ) from None
+        raise
+    except KeyboardInterrupt:
+        # Kept (it has no manifest, so it is no dataset): the same command resumes it.
+        print(f"note: rerun the same command to resume from {partial}", file=sys.stderr)
         raise
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -160,12 +181,18 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _prepare_into(
-    tmp: Path, opts: PrepareOptions, tokenizer: Tokenizer, weights: list[float], workers: int
+    tmp: Path,
+    opts: PrepareOptions,
+    tokenizer: Tokenizer,
+    weights: list[float],
+    workers: int,
+    key: str,
+    resume: dict[str, Any] | None,
 ) -> dict[str, Any]:
     dtype = token_dtype(tokenizer.vocab_size)
     tokenizer_file = None
     if isinstance(tokenizer, HFTokenizer):  # the dataset carries its own tokenizer
-        (tmp / TOKENIZER_DIR).mkdir()
+        (tmp / TOKENIZER_DIR).mkdir(exist_ok=True)
         tokenizer_file = f"{TOKENIZER_DIR}/{TOKENIZER_FILE}"
         write_atomic(tmp / tokenizer_file, tokenizer.path.read_bytes())
     writers = [ShardWriter(tmp, name, dtype, opts.shard_tokens) for name in SPLITS]
@@ -174,12 +201,25 @@ def _prepare_into(
         Counter(documents=0, too_short=0, duplicates=0, kept=0, written=0) for _ in opts.sources
     ]
     seen: set[bytes] = set()
+    chunks_done = docs = tokens = 0
+    if resume is not None:
+        chunks_done, docs, tokens = resume["chunks_done"], resume["docs"], resume["tokens"]
+        for writer, state in zip(writers, resume["writers"], strict=True):
+            writer.restore(state)
+        for counter, saved in zip(stats, resume["stats"], strict=True):
+            counter.update(saved)
+        with open(tmp / SEEN, "r+b") as f:
+            f.truncate(resume["seen_bytes"])
+            data = f.read()
+        seen = {data[i : i + 16] for i in range(0, len(data), 16)}
+    seen_log = open(tmp / SEEN, "ab")  # noqa: SIM115 (closed below)
     total_bytes = _known_size(opts.sources)
     bar = progress(total_bytes / 1e6 if total_bytes else None, desc="prepare", unit="MB", delay=1.0)
     bar.bar_format = None if total_bytes else "{desc}: {n:.1f} MB [{elapsed}, {rate_fmt}{postfix}]"
-    docs = tokens = 0
-    with bar, _Encoder(opts.tokenizer, opts.clean, opts.seed, workers) as encoder:
-        chunks = _chunks(opts.sources, opts.source_options, counts, opts.chunk_chars)
+    with bar, seen_log, _Encoder(opts.tokenizer, opts.clean, opts.seed, workers) as encoder:
+        chunks = _chunks(opts.sources, opts.source_options, counts, opts.chunk_chars, bar)
+        # Chunks are cut the same way every run; the ones already written are read, not encoded.
+        chunks = itertools.islice(chunks, chunks_done, None)
         for source, result in encoder.map(chunks):
             s = stats[source]
             offsets = np.concatenate([[0], np.cumsum(result.lengths)])
@@ -194,6 +234,7 @@ def _prepare_into(
                         s["duplicates"] += 1
                         continue
                     seen.add(digest)
+                    seen_log.write(digest)
                 w = weights[source]
                 copies = int(w) + int(result.weight_u[i] < w - int(w))
                 split = split_index(result.split_u[i], opts.split)
@@ -204,8 +245,21 @@ def _prepare_into(
                 s["written"] += copies
                 docs += copies
                 tokens += copies * len(doc_tokens)
-            bar.update(result.chars / 1e6)
             bar.set_postfix_str(f"{docs:,} docs, {tokens:,} tokens", refresh=False)
+            chunks_done += 1
+            if chunks_done % opts.checkpoint_chunks == 0:
+                seen_log.flush()
+                os.fsync(seen_log.fileno())
+                state = {
+                    "key": key,
+                    "chunks_done": chunks_done,
+                    "docs": docs,
+                    "tokens": tokens,
+                    "writers": [w.checkpoint() for w in writers],
+                    "stats": [dict(c) for c in stats],
+                    "seen_bytes": seen_log.tell(),
+                }
+                write_atomic(tmp / PROGRESS, json.dumps(state))
     for spec, s, c in zip(opts.sources, stats, counts, strict=True):
         if s["documents"] == 0:
             raise TinyLMError(f"{spec}: no documents (all empty or skipped)")
@@ -272,6 +326,33 @@ class ShardWriter:
         if shard["tokens"] >= self.shard_tokens:
             self._close_shard()
 
+    def checkpoint(self) -> dict[str, Any]:
+        """The writer's state with everything so far on disk (for resuming)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        return {
+            "shards": [dict(s) for s in self.shards],
+            "open": self._file is not None,
+            "documents": self.documents,
+            "text_bytes": self.text_bytes,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from checkpoint(): cut the open shard back, drop shards begun later."""
+        self.shards = [dict(s) for s in state["shards"]]
+        self.documents, self.text_bytes = state["documents"], state["text_bytes"]
+        known = {s["file"] for s in self.shards}
+        for file in self.folder.glob(f"{self.split}-*.bin"):
+            if file.name not in known:
+                file.unlink()
+        if state["open"]:
+            path = self.folder / self.shards[-1]["file"]
+            self._file = open(path, "r+b")  # noqa: SIM115 (closed in _close_shard)
+            self._file.truncate(self.shards[-1]["tokens"] * self.dtype.itemsize)
+            self._sha = hashlib.sha256(self._file.read())
+            self._file.seek(0, os.SEEK_END)
+
     def _close_shard(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -304,7 +385,11 @@ class ChunkResult:
 
 
 def _chunks(
-    sources: Sequence[str], options: SourceOptions, counts: list[SourceCounts], chunk_chars: int
+    sources: Sequence[str],
+    options: SourceOptions,
+    counts: list[SourceCounts],
+    chunk_chars: int,
+    bar: Any,
 ) -> Iterator[tuple[int, list[str]]]:
     """(source index, texts) of about chunk_chars characters each, in input order."""
     for index, spec in enumerate(sources):
@@ -314,10 +399,47 @@ def _chunks(
             texts.append(doc.text)
             size += len(doc.text)
             if size >= chunk_chars:
+                bar.update(size / 1e6)
                 yield index, texts
                 texts, size = [], 0
         if texts:
+            bar.update(size / 1e6)
             yield index, texts
+
+
+def _resume_key(opts: PrepareOptions, tokenizer: Tokenizer) -> str:
+    """What must be equal for a rerun to continue an interrupted one: inputs and options."""
+    files = []
+    for spec in opts.sources:
+        if not spec.startswith(("builtin:", "hf:")):
+            files += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in source_files(spec)]
+    facts = {
+        "version": FORMAT_VERSION,
+        "options": repr(
+            (
+                opts.sources,
+                opts.split,
+                opts.seed,
+                opts.source_options,
+                opts.clean,
+                opts.weights,
+                opts.shard_tokens,
+                opts.chunk_chars,
+            )
+        ),  # fmt: skip
+        "tokenizer": tokenizer.fingerprint,
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()
+
+
+def _saved_progress(partial: Path, key: str) -> dict[str, Any] | None:
+    """The saved position of an interrupted run with the same inputs, if there is one."""
+    try:
+        state = json.loads((partial / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and state.get("key") == key else None
 
 
 _worker: dict[str, Any] = {}
