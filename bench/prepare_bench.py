@@ -7,7 +7,8 @@ until it reaches --mb megabytes, each copy of a document given a distinct first 
 that dedup keeps it, written as one JSONL file. Per round, interleaved:
 
   raw tiktoken  encode_ordinary_batch over the same documents, 1 and 2 threads
-                (texts already in memory: the tokenizer alone)
+                (texts already in memory: the tokenizer alone), and encode_to_numpy
+                (the call prepare itself makes) on a pool of 1 and 2 threads
   tinylm        `tinylm prepare FILE --workers 1|2` as a subprocess: reading, cleaning,
                 hashing, dedup, split, tokenization, shard writing, manifest
 
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tinylm.data.sources import iter_documents
@@ -95,6 +97,19 @@ def run_raw(texts: list[str], threads: int) -> tuple[float, int]:
     return time.perf_counter() - start, tokens + len(texts)  # + one EOT per document, as ours
 
 
+def run_raw_numpy(texts: list[str], threads: int) -> tuple[float, int]:
+    """The exact call prepare's workers make (encode_to_numpy), on `threads` threads."""
+    enc = get_tokenizer("gpt2").encoding
+
+    def encode(text: str) -> int:
+        return len(enc.encode_to_numpy(text, disallowed_special=()))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        tokens = sum(pool.map(encode, texts, chunksize=256))
+    return time.perf_counter() - start, tokens + len(texts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=100.0)
@@ -112,20 +127,26 @@ def main() -> None:
             for workers in (1, 2):
                 sec, tok = run_raw(texts, workers)
                 results.setdefault(f"raw{workers}", []).append(tok / sec)
+                sec, tok = run_raw_numpy(texts, workers)
+                results.setdefault(f"np{workers}", []).append(tok / sec)
                 sec, tok, rss = run_prepare(corpus, work / "out", workers)
                 results.setdefault(f"ours{workers}", []).append(tok / sec)
                 results.setdefault(f"rss{workers}", []).append(rss)
-                print(f"round {r + 1} workers {workers}: raw {results[f'raw{workers}'][-1]:,.0f} "
-                      f"tok/s, prepare {tok / sec:,.0f} tok/s ({sec:.1f} s, {tok:,} tokens), "
-                      f"peak RSS {rss / 2**20:.0f} MiB", flush=True)  # fmt: skip
-        print("\n| processes | raw tiktoken tokens/s | tinylm prepare tokens/s | overhead | "
+                raw, npy = results[f"raw{workers}"][-1], results[f"np{workers}"][-1]
+                print(f"round {r + 1} workers {workers}: raw {raw:,.0f} tok/s, raw numpy "
+                      f"{npy:,.0f} tok/s, prepare {tok / sec:,.0f} tok/s ({sec:.1f} s, "
+                      f"{tok:,} tokens), peak RSS {rss / 2**20:.0f} MiB", flush=True)  # fmt: skip
+        print("\n| processes | raw encode_ordinary_batch tokens/s | raw encode_to_numpy "
+              "tokens/s | tinylm prepare tokens/s | overhead vs each | "
               "peak RSS (prepare, all processes) |")  # fmt: skip
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
         for w in (1, 2):
             raw = statistics.median(results[f"raw{w}"])
+            npy = statistics.median(results[f"np{w}"])
             ours = statistics.median(results[f"ours{w}"])
             rss = statistics.median(results[f"rss{w}"])
-            print(f"| {w} | {raw:,.0f} | {ours:,.0f} | {raw / ours - 1:+.0%} | "
+            over = f"{raw / ours - 1:+.0%} / {npy / ours - 1:+.0%}"
+            print(f"| {w} | {raw:,.0f} | {npy:,.0f} | {ours:,.0f} | {over} | "
                   f"{rss / 2**20:.0f} MiB |")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
