@@ -127,7 +127,7 @@ def test_lone_surrogate_in_jsonl(tmp_path, capsys):
         (["train", "train.eval_batches=-1"], "must not be negative"),
         (["train", "model.preset=[1]"], "unknown model preset"),
         (["train", "train.device=mps", "data.path=none"], "not supported"),
-        (["prepare", "builtin:wiki", "--threads", "-1"], "--threads"),
+        (["prepare", "builtin:wiki", "--workers", "-1"], "--workers"),
         (["report", "nowhere"], "not a tinylm run directory"),
     ],
 )

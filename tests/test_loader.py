@@ -1,7 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
+from tinylm.data.dataset import TokenArray
 from tinylm.data.loader import BlockLoader, eval_batches
+from tinylm.errors import TinyLMError
 
 
 def test_each_block_once_per_epoch_in_a_new_order():
@@ -44,3 +47,56 @@ def test_eval_batches_cover_the_whole_split_in_order():
     assert [tuple(b.shape) for b in batches] == [(2, 5), (2, 5), (1, 3)]
     assert torch.cat([b.flatten() for b in batches]).tolist() == list(range(23))
     assert len(list(eval_batches(tokens, 5, 2, max_batches=1))) == 1
+
+
+def test_reference_study_block_count():
+    """316,593,536 tokens cut into blocks of 128 are the study's 2,473,387 blocks per epoch."""
+    tokens = np.broadcast_to(np.zeros(1, dtype=np.uint16), (316_593_536,))  # no memory
+    loader = BlockLoader(tokens, 128, 32, seed=0)
+    assert loader.num_blocks == 2_473_387 and loader.batches_per_epoch == 77_294
+
+
+def epoch_starts_of(loader):
+    return torch.cat([loader.next_batch() for _ in range(loader.batches_per_epoch)])[:, 0]
+
+
+def test_ranks_read_disjoint_equal_parts_that_cover_the_epoch():
+    tokens = np.arange(50 * 4 + 1, dtype=np.uint16)  # 50 blocks of 4
+    for world in (1, 2, 3):
+        loaders = [
+            BlockLoader(tokens, 4, 5, seed=1, rank=r, world_size=world) for r in range(world)
+        ]
+        for _epoch in range(2):
+            parts = [set(epoch_starts_of(ld).tolist()) for ld in loaders]
+            assert len({len(p) for p in parts}) == 1  # equal shares: ranks stay in step
+            union = set().union(*parts)
+            assert sum(len(p) for p in parts) == len(union)  # disjoint
+            assert len(union) == 50 - 50 % world and union <= set(range(0, 200, 4))
+
+
+def test_random_windows_are_seeded_and_resumable():
+    tokens = np.arange(1000, dtype=np.uint16)
+    a = BlockLoader(tokens, 10, 4, seed=5, sampling="random")
+    first = a.next_batch()
+    assert torch.equal(first - first[:, :1], torch.arange(10).expand(4, 10))  # contiguous
+    assert first[:, 0].remainder(10).any()  # not aligned to blocks
+    b = BlockLoader(tokens, 10, 4, seed=5, sampling="random")
+    b.load_state_dict(a.state_dict())
+    for _ in range(30):  # across epochs
+        assert torch.equal(a.next_batch(), b.next_batch())
+
+
+def test_resume_refuses_other_data_or_shape():
+    state = BlockLoader(np.arange(200, dtype=np.uint16), 8, 4, seed=3).state_dict()
+    with pytest.raises(TinyLMError, match="num_blocks is 25, this run's is 12"):
+        BlockLoader(np.arange(100, dtype=np.uint16), 8, 4, seed=3).load_state_dict(state)
+
+
+def test_blocks_cross_shard_boundaries_in_a_token_array():
+    shards = [np.arange(0, 7, dtype=np.uint16), np.arange(7, 20, dtype=np.uint16)]
+    tokens = TokenArray(shards, np.dtype("<u2"))
+    loader = BlockLoader(tokens, 5, 4, seed=0)
+    blocks = loader.next_batch()
+    assert sorted(blocks[:, 0].tolist()) == [0, 5, 10, 15]
+    assert torch.equal(blocks - blocks[:, :1], torch.arange(5).expand(4, 5))
+    assert torch.cat(list(eval_batches(tokens, 5, 3))).flatten().tolist() == list(range(20))

@@ -1,10 +1,13 @@
 import hashlib
+import json
 
 import numpy as np
 import pytest
 
 from tinylm import packages
+from tinylm.cli import main
 from tinylm.data import tokenizer as tokmod
+from tinylm.data.dataset import PreparedDataset
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.errors import TinyLMError
 from tinylm.packages import package_data
@@ -56,3 +59,73 @@ def test_missing_vocab_package_is_a_clear_error(monkeypatch):
 def test_unknown_tokenizer():
     with pytest.raises(TinyLMError, match="unknown tokenizer 'bert'"):
         get_tokenizer("bert")
+
+
+def test_unknown_tokenizer_file(tmp_path):
+    with pytest.raises(TinyLMError, match="no such tokenizer file"):
+        get_tokenizer(str(tmp_path / "tokenizer.json"))
+
+
+def test_bytes_tokenizer_round_trips_and_counts_bytes():
+    tok = get_tokenizer("bytes")
+    text = "naïve café 東京"
+    ids = tok.encode(text)
+    assert tok.vocab_size == 256 and tok.eot_id == 0 and ids == list(text.encode())
+    assert tok.decode([*ids, tok.eot_id]) == text
+    assert tok.token_bytes[np.array(ids)].sum() == len(text.encode()) and tok.token_bytes[0] == 0
+
+
+@pytest.fixture(scope="module")
+def bpe_data(tmp_path_factory):
+    """A 600-token BPE trained with the real CLI on the train split of builtin:bible."""
+    root = tmp_path_factory.mktemp("bpe")
+    assert main(["tokenizer", "train", "builtin:bible", "--vocab-size", "600",
+                 "--out", str(root / "tok")]) == 0  # fmt: skip
+    assert main(["prepare", "builtin:bible", "--tokenizer", str(root / "tok" / "tokenizer.json"),
+                 "--out", str(root / "data"), "--workers", "1"]) == 0  # fmt: skip
+    return root
+
+
+def test_trained_bpe_is_deterministic_saved_with_the_data_and_exact(bpe_data, tmp_path):
+    tok = get_tokenizer(str(bpe_data / "tok"))
+    assert tok.name == "bpe-600" and tok.vocab_size == 600 and tok.eot_id == 0
+    text = "And God said, Let there be light: naïve café 東京 \u2028"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and tok.token_bytes[np.array(ids)].sum() == len(text.encode())
+    verse = "And God said, Let there be light: and there was light."
+    assert len(tok.encode(verse)) < len(verse) / 2  # it learned the corpus' words
+    ds = PreparedDataset.open(bpe_data / "data")
+    saved = bpe_data / "data" / "tokenizer" / "tokenizer.json"
+    assert saved.read_bytes() == (bpe_data / "tok" / "tokenizer.json").read_bytes()
+    assert ds.tokenizer.fingerprint == tok.fingerprint == ds.tokenizer_fingerprint
+    assert ds.manifest["dtype"] == "<u2"
+    assert main(["tokenizer", "train", "builtin:bible", "--vocab-size", "600",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (tmp_path / "tokenizer.json").read_bytes() == saved.read_bytes()  # deterministic
+
+
+def test_model_vocab_follows_the_data_and_a_mismatch_is_refused(bpe_data, tmp_path, capsys):
+    tiny = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
+            "train.batch_size=2", "train.max_steps=2", "train.eval_interval=0"]  # fmt: skip
+    data = f"data.path={bpe_data / 'data'}"
+    assert main(["train", data, *tiny, "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "latest" / "meta.json").read_text())
+    assert meta["config"]["model"]["vocab_size"] == 600
+    # eval and generate find the trained BPE through the dataset the model was trained on.
+    assert main(["eval", str(tmp_path / "run"), "--split", "val"]) == 0
+    assert main(["generate", str(tmp_path / "run"), "--prompt", "And God said",
+                 "--max-new-tokens", "5"]) == 0  # fmt: skip
+    assert "And God said" in capsys.readouterr().out
+    assert (
+        main(["train", data, *tiny, "model.vocab_size=50257", "--out", str(tmp_path / "r2")]) == 2
+    )
+    assert "model.vocab_size=50257 but" in capsys.readouterr().err
+    # A dataset whose saved tokenizer was swapped no longer matches its shards.
+    file = bpe_data / "data" / "tokenizer" / "tokenizer.json"
+    original = file.read_bytes()
+    file.write_bytes(original + b"\n")  # another file, another fingerprint
+    try:
+        assert main(["train", data, *tiny, "--out", str(tmp_path / "r3")]) == 2
+        assert "was tokenized with bpe-600" in capsys.readouterr().err
+    finally:
+        file.write_bytes(original)

@@ -63,7 +63,8 @@ def test_weight_decay_only_on_matrices():
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path, tied):
-    cfg = load_config(None, ["model.n_embd=32", "model.n_head=2", f"model.tie_embeddings={tied}"])
+    overrides = ["model.n_embd=32", "model.n_head=2", "model.vocab_size=50257"]
+    cfg = load_config(None, [*overrides, f"model.tie_embeddings={tied}"])
     model = GPT(cfg.model).eval()
     meta = {"step": 3, "tokenizer": {"name": "gpt2", "fingerprint": "x"}}
     save_checkpoint(tmp_path / "ckpt", model, cfg, meta)

@@ -1,6 +1,8 @@
 """The `tinylm` command: one entry point, one subcommand per pipeline stage.
 
-    tinylm prepare SOURCE... --out DATA      text -> token files + manifest
+    tinylm prepare SOURCE... --out DATA      text -> token shards + manifest
+    tinylm tokenizer train SOURCE... --vocab-size N --out DIR
+    tinylm data stats DATA                    documents, tokens, top tokens, lengths
     tinylm train [CONFIG.yaml] [k=v...] --out RUN [--resume]
     tinylm eval RUN [--split val test]        loss, perplexity, bits per byte
     tinylm generate RUN --prompt TEXT         sample text
@@ -60,35 +62,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "prepare",
-        help="tokenize text into train/val/test token files",
-        description="Read documents from files, directories, JSONL or built-in corpora, split "
-        "them by document into train/val/test (seeded hash of each document), tokenize, and "
-        "write DIR/{train,val,test}.bin plus DIR/manifest.json.",
+        help="clean, dedup, split and tokenize sources into token shards",
+        description="Read documents from files, directories, globs, JSON/JSONL, Parquet (also "
+        ".gz/.zst), HF datasets or built-in corpora; clean them, drop exact duplicates, split "
+        "them by document into train/val/test (seeded hash of each document), tokenize in "
+        "parallel, and write token shards plus DIR/manifest.json. See docs/data.md.",
     )
     p.add_argument(
         "sources",
         nargs="+",
         metavar="SOURCE",
-        help="a text file, a directory of text files (.txt .md .rst .text, .jsonl), a .jsonl "
-        "file, or builtin:sotu / builtin:wiki",
+        help="a file (.txt .md .jsonl .json .parquet, optionally .gz/.zst), a directory, a "
+        "glob, hf:NAME_OR_PATH, or builtin:wiki / sotu / shakespeare / bible / mix",
     )
     p.add_argument("--out", required=True, type=Path, help="output dataset directory")
-    p.add_argument("--tokenizer", default="gpt2", help="tokenizer name (default: gpt2)")
+    p.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help="gpt2, bytes, or a tokenizer.json from `tinylm tokenizer train` (default: gpt2)",
+    )
     p.add_argument("--split", default="98,1,1", help="train,val,test shares (default: 98,1,1)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the split (default: 1337)")
+    p.add_argument("--weights", help="mixture weight per source, e.g. 1,0.5 (default: all 1)")
+    _add_source_args(p)
     p.add_argument(
-        "--text-field", default="text", help="JSONL field holding the text (default: text)"
+        "--workers",
+        type=int,
+        default=0,
+        help="tokenizer processes; 0 = one per core, 1 = in this process (default: 0)",
     )
-    p.add_argument(
-        "--on-invalid-utf8",
-        choices=("error", "skip", "replace"),
-        default="error",
-        help="a file that is not UTF-8: stop with an error (default), skip it, "
-        "or replace bad bytes",
-    )
-    p.add_argument("--threads", type=int, default=0, help="tokenizer threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "tokenizer",
+        help="train a byte-level BPE tokenizer on a corpus",
+        description="`tinylm tokenizer train SOURCE... --vocab-size N --out DIR` trains a "
+        "byte-level BPE (HF tokenizers) on the documents that land in the train split, and "
+        "writes DIR/tokenizer.json; pass it to `tinylm prepare --tokenizer`.",
+    )
+    tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = tsub.add_parser("train", help="train a BPE on the train split of the sources")
+    t.add_argument("sources", nargs="+", metavar="SOURCE", help="as for `tinylm prepare`")
+    t.add_argument("--out", required=True, type=Path, help="directory for tokenizer.json")
+    t.add_argument("--vocab-size", type=int, required=True, help="tokens, EOT included")
+    t.add_argument("--min-frequency", type=int, default=2, help="rarest merge kept (default: 2)")
+    t.add_argument("--split", default="98,1,1", help="as for prepare: only train documents")
+    t.add_argument("--seed", type=int, default=1337, help="as for prepare (default: 1337)")
+    _add_source_args(t)
+    t.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser(
+        "data",
+        help="describe a prepared dataset",
+        description="`tinylm data stats DIR`: per split documents, tokens, bytes per token, "
+        "the most frequent tokens and a histogram of document lengths.",
+    )
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = dsub.add_parser("stats", help="statistics of a prepared dataset")
+    d.add_argument("dataset", type=Path, help="dataset directory")
+    d.add_argument("--top", type=int, default=10, help="most frequent tokens to list")
+    d.set_defaults(func=cmd_data_stats)
 
     p = sub.add_parser(
         "train",
@@ -186,26 +220,113 @@ def _run_dir_of(checkpoint: Path) -> Path | None:
     return run_dir if (run_dir / "config.yaml").is_file() else None
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from tinylm.data.prepare import PrepareOptions, parse_split, prepare
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--text-field",
+        default="text",
+        help="JSON/JSONL/Parquet/HF field holding the text (default: text)",
+    )
+    p.add_argument("--hf-split", default="train", help="split of hf: sources (default: train)")
+    p.add_argument(
+        "--on-invalid-utf8",
+        choices=("error", "skip", "replace"),
+        default="error",
+        help="a document that is not UTF-8: stop with an error (default), skip it (counted), "
+        "or replace bad bytes",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=("NFC", "NFKC", "none"),
+        default="NFC",
+        help="Unicode normalization (default: NFC)",
+    )
+    p.add_argument(
+        "--keep-control", action="store_true", help="keep control characters (NUL is always cut)"
+    )
+    p.add_argument(
+        "--keep-whitespace", action="store_true", help="keep whitespace exactly as it is"
+    )
+    p.add_argument("--min-chars", type=int, default=1, help="drop shorter documents (default: 1)")
+    p.add_argument("--no-dedup", action="store_true", help="keep exact duplicate documents")
+
+
+def _source_options(args: argparse.Namespace):
+    from tinylm.data.clean import CleanOptions
+    from tinylm.data.prepare import parse_split
     from tinylm.data.sources import SourceOptions
 
-    if args.threads < 0:
-        raise TinyLMError("--threads must be 0 (all cores) or a positive number")
+    if args.min_chars < 0:
+        raise TinyLMError("--min-chars must not be negative")
+    source = SourceOptions(args.text_field, args.on_invalid_utf8, args.hf_split)
+    clean = CleanOptions(
+        normalize=args.normalize,
+        strip_control=not args.keep_control,
+        normalize_whitespace=not args.keep_whitespace,
+        min_chars=args.min_chars,
+        dedup=not args.no_dedup,
+    )
+    return source, clean, parse_split(args.split)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tinylm.data.prepare import PrepareOptions, prepare
+
+    if args.workers < 0:
+        raise TinyLMError("--workers must be 0 (one per core) or a positive number")
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise TinyLMError(f"--weights {args.weights!r}: expected numbers, e.g. 1,0.5") from None
+    source, clean, split = _source_options(args)
     opts = PrepareOptions(
         sources=args.sources,
         out=args.out,
         tokenizer=args.tokenizer,
-        split=parse_split(args.split),
+        split=split,
         seed=args.seed,
-        source_options=SourceOptions(args.text_field, args.on_invalid_utf8),
-        num_threads=args.threads,
+        source_options=source,
+        clean=clean,
+        weights=weights,
+        workers=args.workers,
         overwrite=args.overwrite,
     )
     manifest = prepare(opts)
     for name, info in manifest["splits"].items():
-        print(f"{name:>5}: {info['documents']:>7,} documents {info['tokens']:>12,} tokens")
+        print(
+            f"{name:>5}: {info['documents']:>9,} documents {info['tokens']:>13,} tokens "
+            f"in {len(info['shards'])} shard(s)"
+        )
+    for s in manifest["sources"]:
+        skipped = {k: v for k, v in s.items() if k in ("duplicates", "too_short", "invalid_utf8")}
+        if any(skipped.values()):
+            print(f"{s['spec']}: skipped " + ", ".join(f"{v:,} {k}" for k, v in skipped.items()))
     print(f"wrote {args.out}/ ({manifest['tokenizer']['name']}, {manifest['dtype']})")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from tinylm.data.stats import training_texts
+    from tinylm.data.tokenizer import get_tokenizer, train_bpe
+
+    source, clean, split = _source_options(args)
+    texts = training_texts(args.sources, source, clean, split, args.seed)
+    file = train_bpe(texts, args.vocab_size, args.out, args.min_frequency)
+    tok = get_tokenizer(str(file))
+    print(f"wrote {file} ({tok.name}, fingerprint {tok.fingerprint[:12]})")
+    print(f"next: tinylm prepare {' '.join(args.sources)} --tokenizer {file} --out DATA")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from tinylm.data.dataset import PreparedDataset
+    from tinylm.data.stats import dataset_stats, format_stats
+
+    if args.top < 0:
+        raise TinyLMError("--top must not be negative")
+    dataset = PreparedDataset.open(args.dataset)
+    print(format_stats(dataset, dataset_stats(dataset, args.top)))
     return 0
 
 
@@ -255,7 +376,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tinylm.atomic import write_atomic
     from tinylm.data.dataset import PreparedDataset
-    from tinylm.data.tokenizer import get_tokenizer
     from tinylm.device import resolve_device
     from tinylm.evaluate import evaluate
     from tinylm.training.checkpoint import load_checkpoint
@@ -268,7 +388,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     own_data = dataset.path.resolve() == Path(ckpt.config.data.path).resolve()
     tok = ckpt.meta["tokenizer"]
     dataset.check_tokenizer(tok["fingerprint"], tok["name"], "the model")
-    tokenizer = get_tokenizer(tok["name"])
+    tokenizer = dataset.tokenizer
     results = {}
     print(f"{'split':>6} {'tokens':>10} {'loss':>8} {'perplexity':>11} {'bits/byte':>10}")
     for split in args.split:
@@ -296,7 +416,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from tinylm.data.tokenizer import get_tokenizer
+    from tinylm.data.dataset import model_tokenizer
     from tinylm.device import resolve_device
     from tinylm.generate import generate
     from tinylm.training.checkpoint import load_checkpoint
@@ -307,7 +427,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise TinyLMError("--top-p must be in (0, 1]")
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.run, device)
-    tokenizer = get_tokenizer(ckpt.meta["tokenizer"]["name"])
+    tokenizer = model_tokenizer(ckpt.meta["tokenizer"], ckpt.config.data.path)
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)

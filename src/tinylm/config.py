@@ -26,8 +26,9 @@ from tinylm.errors import TinyLMError
 class ModelConfig:
     """The GPT's shape. Defaults are the reference study's Mini-GPT (seed-d128)."""
 
-    vocab_size: int = 50257
-    """Tokens in the vocabulary (GPT-2 BPE: 50,257). Must match the dataset's tokenizer."""
+    vocab_size: int = 0
+    """Tokens in the vocabulary; 0 takes the dataset's tokenizer's (GPT-2 BPE: 50,257).
+    A value that differs from the dataset's is refused."""
     block_size: int = 128
     """Longest sequence the model sees, in tokens (size of the position table)."""
     n_layer: int = 2
@@ -46,8 +47,8 @@ class ModelConfig:
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # The reference study's two widths; parameter counts 13.3M and 27.3M (untied).
-    "seed-d128": ModelConfig(n_embd=128),
-    "seed-d256": ModelConfig(n_embd=256),
+    "seed-d128": ModelConfig(n_embd=128, vocab_size=50257),
+    "seed-d256": ModelConfig(n_embd=256, vocab_size=50257),
 }
 
 
@@ -61,6 +62,9 @@ class DataConfig:
     """Split to train on."""
     val_split: str = "val"
     """Split for periodic validation; empty string disables validation."""
+    sampling: str = "blocks"
+    """Training windows: 'blocks' (non-overlapping, each once per epoch in a seeded order,
+    the reference study's setup) or 'random' (as many windows per epoch at random offsets)."""
 
 
 @dataclass
@@ -153,7 +157,11 @@ class Config:
 
     def validate(self) -> Config:
         m, t = self.model, self.train
-        _require(m.vocab_size > 0, "model.vocab_size must be positive")
+        _require(m.vocab_size >= 0, "model.vocab_size must be positive (or 0: the dataset's)")
+        _require(
+            self.data.sampling in ("blocks", "random"),
+            f"data.sampling={self.data.sampling!r}: expected 'blocks' or 'random'",
+        )
         _require(m.n_embd > 0, "model.n_embd must be positive")
         _require(m.block_size >= 2, "model.block_size must be at least 2 (one input, one target)")
         _require(m.n_layer > 0 and m.n_head > 0, "model.n_layer and model.n_head must be positive")

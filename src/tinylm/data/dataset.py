@@ -1,16 +1,18 @@
-"""A prepared dataset on disk: manifest.json plus one flat token file per split.
+"""A prepared dataset on disk: manifest.json, token shards per split, and its tokenizer.
 
-    DIR/manifest.json   what is in the files (see docs/data.md)
-    DIR/train.bin       all training documents' tokens, each followed by <|endoftext|>
-    DIR/val.bin         same for validation
-    DIR/test.bin        same for test
+    DIR/manifest.json                 what is in the files (see docs/data.md)
+    DIR/train-00000.bin, ...          the split's documents' tokens, each followed by EOT
+    DIR/val-00000.bin, test-00000.bin
+    DIR/tokenizer/tokenizer.json      only for a BPE trained with `tinylm tokenizer train`
 
-Token files are raw little-endian uint16 (uint32 for vocabularies over 65,536), read
-with numpy.memmap so a dataset of any size costs no RAM until it is used.
+Shards are raw little-endian uint16 (uint32 for vocabularies over 65,536), read with
+numpy.memmap, so a dataset of any size costs no RAM until it is used. A split's shards
+read as one flat token array (`TokenArray`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +23,45 @@ import numpy as np
 from tinylm.errors import TinyLMError
 
 MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
 FORMAT = "tinylm-tokens"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+class TokenArray:
+    """Several shards read as one 1-D token array: len, slices, and integer-array indexing."""
+
+    def __init__(self, shards: list[np.ndarray], dtype: np.dtype) -> None:
+        self.shards = [s for s in shards if len(s)]
+        self.dtype = dtype
+        self.starts = np.cumsum([0] + [len(s) for s in self.shards])  # (n_shards + 1,)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
+        if len(self.shards) == 1:
+            return self.shards[0][index]
+        if isinstance(index, slice):
+            return self[np.arange(len(self))[index]]
+        index = np.asarray(index)
+        shard = np.searchsorted(self.starts, index, side="right") - 1
+        out = np.empty(index.shape, dtype=self.dtype)
+        for s in np.unique(shard):
+            mask = shard == s
+            out[mask] = self.shards[s][index[mask] - self.starts[s]]
+        return out
+
+    def tolist(self) -> list[int]:
+        return self[: len(self)].tolist() if len(self) else []
 
 
 @dataclass
@@ -62,27 +97,42 @@ class PreparedDataset:
         return self.manifest["tokenizer"]["fingerprint"]
 
     @property
+    def vocab_size(self) -> int:
+        return self.manifest["tokenizer"]["vocab_size"]
+
+    @property
     def splits(self) -> dict[str, dict[str, Any]]:
         return self.manifest["splits"]
 
-    def tokens(self, split: str) -> np.ndarray:
-        """The split's tokens as a read-only memmap (1-D)."""
+    @functools.cached_property
+    def tokenizer(self):  # -> Tokenizer (imported lazily: tiktoken is not needed to train)
+        """The dataset's own tokenizer: by name (gpt2, bytes) or its saved tokenizer.json."""
+        from tinylm.data.tokenizer import get_tokenizer
+
+        file = self.manifest["tokenizer"].get("file")
+        tokenizer = get_tokenizer(str(self.path / file) if file else self.tokenizer_name)
+        self.check_tokenizer(tokenizer.fingerprint, tokenizer.name, "the installed tokenizer")
+        return tokenizer
+
+    def tokens(self, split: str) -> TokenArray:
+        """The split's tokens as one read-only array over its memmapped shards."""
         if split not in self.splits:
             raise TinyLMError(
                 f"{self.path}: no split {split!r}; available: {', '.join(self.splits)}"
             )
-        info = self.splits[split]
-        file = self.path / info["file"]
         dtype = np.dtype(self.manifest["dtype"])
-        expected = info["tokens"] * dtype.itemsize
-        if not file.is_file() or file.stat().st_size != expected:
-            raise TinyLMError(
-                f"{file}: missing or not {expected} bytes as the manifest says; "
-                "prepare the dataset again"
-            )
-        if info["tokens"] == 0:
-            return np.zeros(0, dtype=dtype)
-        return np.memmap(file, dtype=dtype, mode="r")
+        shards = []
+        for shard in self.splits[split]["shards"]:
+            file = self.path / shard["file"]
+            expected = shard["tokens"] * dtype.itemsize
+            if not file.is_file() or file.stat().st_size != expected:
+                raise TinyLMError(
+                    f"{file}: missing or not {expected} bytes as the manifest says; "
+                    "prepare the dataset again"
+                )
+            if shard["tokens"]:
+                shards.append(np.memmap(file, dtype=dtype, mode="r"))
+        return TokenArray(shards, dtype)
 
     def check_tokenizer(self, fingerprint: str, name: str, what: str) -> None:
         """Refuse to mix this dataset with a model (or tokenizer) of another vocabulary."""
@@ -93,3 +143,23 @@ class PreparedDataset:
                 f"but {what} uses {name} ({fingerprint[:12]}); "
                 "prepare the data with the model's tokenizer or train a new model on this data"
             )
+
+
+def model_tokenizer(tokenizer: dict[str, str], data_path: str | Path):  # -> Tokenizer
+    """The tokenizer a checkpoint was trained with (its meta's name and fingerprint).
+
+    gpt2 and bytes are found by name; a trained BPE is read from the training dataset.
+    """
+    from tinylm.data.tokenizer import get_tokenizer
+
+    name, fingerprint = tokenizer["name"], tokenizer["fingerprint"]
+    if name in ("gpt2", "bytes"):
+        found = get_tokenizer(name)
+    else:
+        found = PreparedDataset.open(data_path).tokenizer
+    if found.fingerprint != fingerprint:
+        raise TinyLMError(
+            f"the model was trained with {name} ({fingerprint[:12]}) but {found.name} "
+            f"({found.fingerprint[:12]}) was found; use the dataset the model was trained on"
+        )
+    return found

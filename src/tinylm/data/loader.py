@@ -1,10 +1,16 @@
 """Batches of token blocks from a split's flat token array.
 
-Training (`BlockLoader`): the split is cut into non-overlapping blocks of block_size
-tokens (the reference study's setup: 2,473,387 blocks of 128 tokens); each epoch visits
-every block once in a seeded random order, the last batch of an epoch may be smaller
-(as the study's 77,294 batches of 32 imply). The position (epoch, batch) is state a
-checkpoint can save.
+Training (`BlockLoader`), two sampling modes:
+  blocks  the split is cut into non-overlapping blocks of block_size tokens (the reference
+          study's setup: 2,473,387 blocks of 128 tokens); each epoch visits every block once
+          in a seeded random order; the last batch of an epoch may be smaller (as the
+          study's 77,294 batches of 32 imply).
+  random  each epoch draws as many windows as there are blocks, at seeded random offsets
+          (windows may overlap and cross document ends).
+With world_size N, rank r takes every N-th entry of the epoch's order: the ranks' parts are
+disjoint, equally long (the last num_blocks % N entries of an epoch are left out), and
+together cover the epoch. The position (epoch, batch) plus everything that fixes the order
+is the state a checkpoint saves.
 
 Evaluation (`eval_batches`): the same blocks in file order, optionally only the first N
 batches, so repeated measurements use identical data.
@@ -14,25 +20,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+SAMPLING = ("blocks", "random")
+
 
 class BlockLoader:
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        sampling: str = "blocks",
+    ) -> None:
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.sampling = sampling
         self.num_blocks = len(tokens) // block_size
         self.epoch = 0
         self.batch_in_epoch = 0
         self._order: np.ndarray | None = None
 
     @property
+    def blocks_per_rank(self) -> int:
+        """Entries of each epoch this rank reads (all num_blocks when world_size is 1)."""
+        return self.num_blocks // self.world_size
+
+    @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.num_blocks / self.batch_size)
+        return math.ceil(self.blocks_per_rank / self.batch_size)
+
+    def epoch_starts(self, epoch: int) -> np.ndarray:
+        """Token offsets of this rank's windows in `epoch`, in reading order."""
+        rng = np.random.default_rng([self.seed, epoch])  # the same on every rank
+        if self.sampling == "blocks":
+            starts = rng.permutation(self.num_blocks) * self.block_size
+        else:
+            high = len(self.tokens) - self.block_size + 1
+            starts = rng.integers(0, high, size=self.num_blocks)
+        return starts[self.rank : self.blocks_per_rank * self.world_size : self.world_size]
 
     def next_batch(self) -> torch.Tensor:
         """The next (B, block_size) int64 batch; moves to a new shuffled epoch when one ends."""
@@ -41,20 +80,38 @@ class BlockLoader:
             self.batch_in_epoch = 0
             self._order = None
         if self._order is None:
-            # One permutation per epoch, derived from (seed, epoch): resumable without saving it.
-            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(
-                self.num_blocks
-            )
+            # Derived from (seed, epoch): resumable without saving the permutation.
+            self._order = self.epoch_starts(self.epoch)
         start = self.batch_in_epoch * self.batch_size
         self.batch_in_epoch += 1
-        return gather_blocks(
+        return gather_windows(
             self.tokens, self._order[start : start + self.batch_size], self.block_size
         )
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed}
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that fixes the stream from here on (JSON-serialisable)."""
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "seed": self.seed,
+            "sampling": self.sampling,
+            "block_size": self.block_size,
+            "batch_size": self.batch_size,
+            "num_blocks": self.num_blocks,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state` was saved; a different data or batch shape is refused."""
+        from tinylm.errors import TinyLMError
+
+        for key in ("block_size", "batch_size", "num_blocks", "world_size", "sampling"):
+            if key in state and state[key] != getattr(self, key):
+                raise TinyLMError(
+                    f"cannot resume the data position: the checkpoint's {key} is {state[key]}, "
+                    f"this run's is {getattr(self, key)}; resume with the same data and settings"
+                )
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.seed = state["seed"]
         self._order = None
@@ -65,19 +122,19 @@ def eval_batches(
 ) -> Iterator[torch.Tensor]:
     """Blocks in file order; with max_batches=0 the whole split, its short tail included."""
     num_blocks = len(tokens) // block_size
-    starts = np.arange(num_blocks)
+    starts = np.arange(num_blocks) * block_size
     batches = 0
     for i in range(0, num_blocks, batch_size):
         if max_batches and batches >= max_batches:
             return
-        yield gather_blocks(tokens, starts[i : i + batch_size], block_size)
+        yield gather_windows(tokens, starts[i : i + batch_size], block_size)
         batches += 1
     tail = tokens[num_blocks * block_size :]
     if len(tail) >= 2 and not (max_batches and batches >= max_batches):
-        yield torch.from_numpy(tail.astype(np.int64)).unsqueeze(0)  # (1, T_tail)
+        yield torch.from_numpy(np.asarray(tail).astype(np.int64)).unsqueeze(0)  # (1, T_tail)
 
 
-def gather_blocks(tokens: np.ndarray, block_ids: np.ndarray, block_size: int) -> torch.Tensor:
-    """Blocks number block_ids of `tokens`, as a (len(block_ids), block_size) int64 tensor."""
-    offsets = block_ids[:, None] * block_size + np.arange(block_size)[None, :]  # (B, T)
+def gather_windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> torch.Tensor:
+    """Windows tokens[s : s + block_size] for each s in starts, as a (B, block_size) int64."""
+    offsets = starts[:, None] + np.arange(block_size)[None, :]  # (B, T)
     return torch.from_numpy(tokens[offsets].astype(np.int64))

@@ -20,6 +20,7 @@ that fails before its first checkpoint leaves no run directory behind.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -39,7 +40,7 @@ from tinylm.atomic import write_atomic
 from tinylm.config import Config, load_config
 from tinylm.data.dataset import PreparedDataset
 from tinylm.data.loader import BlockLoader
-from tinylm.data.tokenizer import Tokenizer, get_tokenizer
+from tinylm.data.tokenizer import Tokenizer
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError, is_out_of_memory
 from tinylm.evaluate import EvalResult, evaluate
@@ -160,21 +161,21 @@ class Trainer:
         self.device = resolve_device(t.device)
 
         self.dataset = PreparedDataset.open(config.data.path)
-        self.tokenizer: Tokenizer = get_tokenizer(self.dataset.tokenizer_name)
-        self.dataset.check_tokenizer(
-            self.tokenizer.fingerprint, self.tokenizer.name, "the installed tokenizer"
-        )
+        self.tokenizer: Tokenizer = self.dataset.tokenizer  # fingerprint-checked
+        if config.model.vocab_size == 0:  # follow the dataset's tokenizer
+            config.model = dataclasses.replace(config.model, vocab_size=self.dataset.vocab_size)
         if config.model.vocab_size != self.tokenizer.vocab_size:
             raise TinyLMError(
                 f"model.vocab_size={config.model.vocab_size} but {self.dataset.path} uses "
                 f"{self.tokenizer.name} with {self.tokenizer.vocab_size} tokens; "
-                f"set model.vocab_size={self.tokenizer.vocab_size}"
+                f"set model.vocab_size={self.tokenizer.vocab_size} (or 0 to follow the data)"
             )
         self.loader = BlockLoader(
             self.dataset.tokens(config.data.train_split),
             config.model.block_size,
             t.batch_size,
             t.seed,
+            sampling=config.data.sampling,
         )
         if self.loader.num_blocks == 0:
             raise TinyLMError(
