@@ -187,6 +187,20 @@ def test_import_then_export_is_lossless(tmp_path, capsys, tied):
     assert config["activation_function"] == "gelu_new" and config["tie_word_embeddings"] is tied
 
 
+def test_imported_model_continues_training(tmp_path, capsys, wiki_data):
+    source = gpt2_dir(tmp_path / "gpt2", tie_word_embeddings=False)
+    assert run_cli(capsys, "import", source, "--out", tmp_path / "ckpt")[0] == 0
+    imported = load_checkpoint(tmp_path / "ckpt")
+    args = [f"data.path={wiki_data}", f"train.init_from={tmp_path / 'ckpt'}", "train.max_steps=2"]
+    args += ["train.batch_size=2", "train.eval_batches=1"]
+    assert run_cli(capsys, "train", *args, "optim.lr=1e-9", "--out", tmp_path / "run")[0] == 0
+    trained = load_checkpoint(tmp_path / "run")
+    assert trained.config.model == imported.config.model  # the checkpoint's shape, not preset's
+    before, after = imported.model.state_dict(), trained.model.state_dict()
+    # lr 1e-9 barely moves the weights: they are the imported ones, not a fresh init.
+    assert max((before[k] - after[k]).abs().max().item() for k in before) < 1e-6
+
+
 def test_exported_run_imports_back_bit_equal(tiny_run, tmp_path):
     export_hf(tiny_run, tmp_path / "hf")
     ckpt = import_hf(tmp_path / "hf", tmp_path / "ckpt")

@@ -109,6 +109,9 @@ class TrainConfig:
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
     num_threads: int = 0
     """CPU threads for torch; 0 keeps torch's default (one per core)."""
+    init_from: str = ""
+    """Start from this checkpoint's weights (e.g. one written by `tinylm import`); its model
+    section replaces model.*. Empty: a freshly initialised model."""
 
 
 @dataclass

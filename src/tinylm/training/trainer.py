@@ -40,7 +40,7 @@ from tinylm.model import GPT
 from tinylm.plots import plot_losses
 from tinylm.progress import progress
 from tinylm.rundir import RECENT_STEPS, RunDir
-from tinylm.training.checkpoint import save_checkpoint
+from tinylm.training.checkpoint import load_checkpoint, save_checkpoint
 from tinylm.training.optim import build_optimizer
 
 
@@ -92,6 +92,12 @@ class Trainer:
         self.dataset.check_tokenizer(
             self.tokenizer.fingerprint, self.tokenizer.name, "the installed tokenizer"
         )
+        # Continue from given weights (e.g. `tinylm import`): their shape is the model's.
+        self.init = load_checkpoint(t.init_from) if t.init_from else None
+        if self.init is not None:
+            tok = self.init.meta["tokenizer"]
+            self.dataset.check_tokenizer(tok["fingerprint"], tok["name"], t.init_from)
+            config.model = self.init.config.model
         if config.model.vocab_size != self.tokenizer.vocab_size:
             raise TinyLMError(
                 f"model.vocab_size={config.model.vocab_size} but {self.dataset.path} uses "
@@ -118,6 +124,8 @@ class Trainer:
             self.val_tokens = None
 
         self.model = GPT(config.model).to(self.device)
+        if self.init is not None:
+            self.model.load_state_dict(self.init.model.state_dict())
         self.optimizer = build_optimizer(self.model, config.optim)
         self.planned_steps = _planned_steps(config, self.loader.batches_per_epoch)
 
