@@ -69,7 +69,7 @@ def test_export_gives_tinylm_logits_in_transformers(preset, tmp_path):
         print(f"{preset} ({attention}): max |logit difference| {diff:.2e}, fp32, 3x128 tokens")
         assert diff <= TOLERANCE
     if preset == "seed-d128":  # on one preset, to keep the suite lean:
-        assert greedy_matches(model, hf, [464, 2106, 286], 24, eot=50256)
+        assert greedy_matches(model, hf, [464, 2106, 286], 16, eot=50256)
         # The tolerance is tight enough to catch a wrong mapping: GPT-2's tanh GELU in
         # place of tinylm's exact one moves the logits by about 7e-5.
         config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -137,16 +137,19 @@ def test_model_card_is_written_from_the_run(tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     assert run_cli(capsys, "eval", run, "--split", "val")[0] == 0
+    results = json.loads((run / "eval.json").read_text())
+    stale = {**results["val"], "step": 10}  # a result of an earlier checkpoint of the run
+    (run / "eval.json").write_text(json.dumps({**results, "other:val": stale}))
     code, out, _ = run_cli(capsys, "export", run, "--format", "hf", tmp_path / "hf")
     assert code == 0 and "max logit difference vs tinylm" in out
     card = (tmp_path / "hf" / "README.md").read_text()
     meta = json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
-    results = json.loads((run / "eval.json").read_text())
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert f"| parameters | {meta['num_parameters']:,} |" in card
-    assert "1 blocks, 2 heads, width 32" in card and "exact (erf) GELU" in card
+    assert "n_layer 1, n_head 2, n_embd 32" in card and "exact (erf) GELU" in card
     assert "| `builtin:wiki` |" in card and "CC BY-SA 4.0 (Wikipedia)" in card
     assert "| steps | 30 |" in card and f"| tokens seen | {30 * 8 * 32:,} |" in card
+    assert "other:val" not in card
     for split, r in results.items():
         assert f"| {split} | {r['tokens']:,} | {r['loss']:.4f} | {r['perplexity']:.2f} |" in card
     assert "## Intended use and limitations" in card
@@ -164,8 +167,9 @@ def gpt2_dir(path, **overrides):
     return path
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_import_then_export_is_lossless(tmp_path, capsys, tied):
+def test_import_then_export_is_lossless(tmp_path, capsys):
+    # Tied, like a real GPT-2 (an untied model goes round in test_exported_run_imports_back...).
+    tied = True
     source = gpt2_dir(tmp_path / "gpt2", tie_word_embeddings=tied)
     code, out, _ = run_cli(capsys, "import", source, "--out", tmp_path / "ckpt")
     assert code == 0 and "gelu_tanh, gpt2 tokenizer" in out

@@ -39,7 +39,7 @@ def model_card(ckpt: Checkpoint, tokenizer_kind: str, max_diff: float) -> str:
         _model_section(ckpt, tokenizer_kind),
         _data_section(Path(ckpt.config.data.path), meta),
         _training_section(ckpt),
-        _evaluation_section(run),
+        _evaluation_section(run, meta.get("step")),
         _usage_section(m.block_size),
         _limitations_section(ckpt),
         f"## Export check\n\nThe logits of this directory, loaded with "
@@ -65,7 +65,7 @@ def _model_section(ckpt: Checkpoint, tokenizer_kind: str) -> str:
     name = ckpt.meta["tokenizer"]["name"]
     head = "tied to the token embedding" if m.tie_embeddings else "separate (untied)"
     rows = [
-        ("architecture", f"GPT-2 decoder: {m.n_layer} blocks, {m.n_head} heads, width {m.n_embd}"),
+        ("architecture", f"GPT-2: n_layer {m.n_layer}, n_head {m.n_head}, n_embd {m.n_embd}"),
         ("MLP", f"{m.n_embd} → {4 * m.n_embd} → {m.n_embd}, {ACTIVATION_NAMES[m.activation]} "
          f"(`{ACTIVATION_TO_GPT2[m.activation]}`)"),
         ("parameters", f"{params:,}"),
@@ -135,12 +135,15 @@ def _training_section(ckpt: Checkpoint) -> str:
     return "## Training\n\n" + _table(rows)
 
 
-def _evaluation_section(run: RunDir | None) -> str:
+def _evaluation_section(run: RunDir | None, step: int | None) -> str:
     results = json.loads(run.eval_results.read_text()) if run and run.eval_results.is_file() else {}
+    # eval.json may hold results of an earlier checkpoint of the same run: not this model's.
+    results = {k: r for k, r in results.items() if r.get("step") == step}
     if not results:
         return (
-            "## Evaluation\n\nNo held-out evaluation was recorded (`tinylm eval RUN` writes "
-            "RUN/eval.json; run it before exporting to include val/test scores here).\n"
+            "## Evaluation\n\nNo held-out evaluation of this checkpoint was recorded (`tinylm "
+            "eval RUN` writes RUN/eval.json; run it before exporting to include val/test scores "
+            "here).\n"
         )
     lines = [
         "## Evaluation\n\nWhole held-out splits, `tinylm eval` (next-token loss in nats):\n",
