@@ -46,7 +46,7 @@ def export_pt2(source: str | Path, out: str | Path, overwrite: bool = False) -> 
         info = {
             "model": asdict(config),
             "tokenizer": tokenizer,
-            "eot_id": get_tokenizer(tokenizer).eot_id,
+            "eot_id": _eot_id(tokenizer, Path(ckpt.config.data.path)),
             "input": "idx: int64 (batch, T), 1 <= T <= block_size",
             "output": "logits: float32 (batch, T, vocab_size)",
         }
@@ -66,3 +66,13 @@ def export_pt2(source: str | Path, out: str | Path, overwrite: bool = False) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Pt2Result(out, model.num_parameters(), diff)
+
+
+def _eot_id(tokenizer: str, dataset: Path) -> int | None:
+    """The end-of-text id: from the dataset's manifest, else the named tokenizer's."""
+    manifest = dataset / "manifest.json"
+    if manifest.is_file():
+        eot = json.loads(manifest.read_text()).get("tokenizer", {}).get("eot_id")
+        if isinstance(eot, int):
+            return eot
+    return get_tokenizer(tokenizer).eot_id if tokenizer == "gpt2" else None
