@@ -8,6 +8,8 @@
     tinylm generate RUN --prompt TEXT         sample text
     tinylm report RUN...                      results table (Markdown)
     tinylm plot RUN... [--out PNG]            train/val loss curves of one or many runs
+    tinylm export RUN --format hf OUT         transformers model directory (or pt2)
+    tinylm import HF_DIR --out CKPT           GPT-2-format transformers dir -> checkpoint
 
 Errors a user can cause print one line and exit 2; heavy imports (torch) happen only
 inside the subcommand that needs them, so --help is instant.
@@ -206,6 +208,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("loss.png"), help="PNG file (default: loss.png)"
     )
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model for other tools (transformers, torch.export)",
+        description="Export a run's latest checkpoint (or a checkpoint directory). --format hf "
+        "writes a transformers GPT2LMHeadModel directory (config.json, model.safetensors, "
+        "tokenizer, generation_config.json, README.md model card) that AutoModelForCausalLM "
+        "and AutoTokenizer load without tinylm. --format pt2 writes a torch.export program "
+        "(model.pt2) that runs with torch alone. Each export is checked against tinylm's logits.",
+    )
+    p.add_argument("run", type=Path, help="run directory (or checkpoint directory)")
+    p.add_argument("out", type=Path, help="output directory")
+    p.add_argument("--format", choices=("hf", "pt2"), default="hf", help="(default: hf)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "import",
+        help="turn a GPT-2-format transformers checkpoint into a tinylm checkpoint",
+        description="Read a local transformers GPT-2 directory (config.json, model.safetensors "
+        "or pytorch_model.bin, tokenizer files) and write a tinylm checkpoint directory that "
+        "`tinylm eval`, `tinylm generate` and `tinylm export` accept. Options tinylm cannot "
+        "express are refused.",
+    )
+    p.add_argument("hf_dir", type=Path, help="transformers model directory")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    p.add_argument(
+        "--tokenizer",
+        help="tinylm tokenizer of the model (default: detected from the tokenizer files)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    p.set_defaults(func=cmd_import)
     return parser
 
 
@@ -472,6 +506,40 @@ def cmd_report(args: argparse.Namespace) -> int:
         write_atomic(RunDir(args.runs[0]).report, text)
     if args.out:
         write_atomic(args.out, text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "pt2":
+        from tinylm.interop.pt2 import export_pt2
+
+        result = export_pt2(args.run, args.out, overwrite=args.overwrite)
+        print(
+            f"wrote {result.out}/ (model.pt2, {result.num_parameters:,} parameters) | "
+            f"max logit difference vs tinylm {result.max_logit_diff:.2e}"
+        )
+        return 0
+    from tinylm.interop.hf import export_hf
+
+    result = export_hf(args.run, args.out, overwrite=args.overwrite)
+    print(
+        f"wrote {result.out}/ (GPT2LMHeadModel, {result.num_parameters:,} parameters, "
+        f"{result.tokenizer} tokenizer, README.md) | max logit difference vs tinylm "
+        f"{result.max_logit_diff:.2e} (fp32)"
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tinylm.interop.hf import import_hf
+
+    ckpt = import_hf(args.hf_dir, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite)
+    m = ckpt.config.model
+    print(
+        f"wrote {ckpt.path}/ ({ckpt.meta['num_parameters']:,} parameters: n_layer {m.n_layer}, "
+        f"n_head {m.n_head}, n_embd {m.n_embd}, block {m.block_size}, {m.activation}, "
+        f"{ckpt.meta['tokenizer']['name']} tokenizer)"
+    )
     return 0
 
 

@@ -43,7 +43,11 @@ class ModelConfig:
     """Biases in Linear and LayerNorm layers (the output projection never has one)."""
     tie_embeddings: bool = False
     """Share the token embedding with the output projection. The study's counts need False."""
+    activation: str = "gelu"
+    """MLP activation: 'gelu' (exact, erf) or 'gelu_tanh' (GPT-2's tanh approximation)."""
 
+
+ACTIVATIONS = ("gelu", "gelu_tanh")
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # The reference study's two widths; parameter counts 13.3M and 27.3M (untied).
@@ -141,6 +145,9 @@ class TrainConfig:
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
     num_threads: int = 0
     """CPU threads for torch; 0 keeps torch's default (one per core)."""
+    init_from: str = ""
+    """Start from this checkpoint's weights (e.g. one written by `tinylm import`); its model
+    section replaces model.*. Empty: a freshly initialised model."""
 
 
 @dataclass
@@ -170,6 +177,10 @@ class Config:
             f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}",
         )
         _require(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _require(
+            m.activation in ACTIVATIONS,
+            f"model.activation={m.activation!r}; choose one of {', '.join(ACTIVATIONS)}",
+        )
         _require(self.optim.lr > 0, "optim.lr must be positive")
         _require(t.batch_size > 0, "train.batch_size must be positive")
         _require(t.grad_accum > 0, "train.grad_accum must be positive")

@@ -55,6 +55,7 @@ from tinylm.training.checkpoint import (
     CheckpointStore,
     check_compatible,
     load_optimizer_tensors,
+    load_checkpoint,
     load_weights,
     optimizer_tensors,
     read_meta,
@@ -162,6 +163,12 @@ class Trainer:
 
         self.dataset = PreparedDataset.open(config.data.path)
         self.tokenizer: Tokenizer = self.dataset.tokenizer  # fingerprint-checked
+        # Continue from given weights (e.g. `tinylm import`): their shape is the model's.
+        self.init = load_checkpoint(t.init_from) if t.init_from else None
+        if self.init is not None:
+            tok = self.init.meta["tokenizer"]
+            self.dataset.check_tokenizer(tok["fingerprint"], tok["name"], t.init_from)
+            config.model = self.init.config.model
         if config.model.vocab_size == 0:  # follow the dataset's tokenizer
             config.model = dataclasses.replace(config.model, vocab_size=self.dataset.vocab_size)
         if config.model.vocab_size != self.tokenizer.vocab_size:
@@ -226,6 +233,8 @@ class Trainer:
 
     def _build_model_and_optimizer(self) -> tuple[GPT, torch.optim.Optimizer]:
         model = GPT(self.config.model).to(self.device)
+        if self.init is not None:  # train.init_from; a resume then loads its own weights
+            model.load_state_dict(self.init.model.state_dict())
         return model, build_optimizer(model, self.config.optim)
 
     def _micro_batch_loss(self, batch: torch.Tensor) -> torch.Tensor:

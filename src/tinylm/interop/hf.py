@@ -1,0 +1,209 @@
+"""`tinylm export --format hf` and `tinylm import`: transformers model directories.
+
+    OUT/config.json               GPT2Config (architectures: GPT2LMHeadModel)
+    OUT/model.safetensors         the weights under GPT-2 names (see gpt2.py)
+    OUT/tokenizer.json            the tokenizer (see tokenizer.py) ...
+    OUT/tokenizer_config.json     ... and its settings, for AutoTokenizer
+    OUT/generation_config.json    end-of-text token; tinylm's default sampling settings
+    OUT/README.md                 the model card (see model_card.py)
+
+An export is checked before it is put in place: the written directory is loaded back
+with AutoModelForCausalLM and its logits on random tokens must equal tinylm's. It is
+built in a temporary directory and renamed into place, so a failed export leaves no
+directory that looks complete. Import needs no transformers: config.json and the
+safetensors (or weights-only torch) files are read directly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from tinylm.atomic import replace_dir, temp_dir_beside
+from tinylm.config import Config
+from tinylm.data.tokenizer import get_tokenizer
+from tinylm.errors import TinyLMError
+from tinylm.interop.gpt2 import (
+    check_exportable,
+    from_gpt2_state_dict,
+    gpt2_config,
+    model_config_from_gpt2,
+    to_gpt2_state_dict,
+)
+from tinylm.interop.model_card import write_model_card
+from tinylm.interop.tokenizer import TOKENIZER_JSON, export_tokenizer, tokenizer_of_hf_dir
+from tinylm.model import GPT
+from tinylm.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+PARITY_TOLERANCE = 1e-4
+"""Largest logit difference (fp32) an export may show; measured ones are ~1e-6."""
+
+SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 50, "top_p": 0.95}
+"""`tinylm generate`'s defaults, written to generation_config.json."""
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    num_parameters: int
+    max_logit_diff: float
+    """Largest |tinylm logit - transformers logit| on the parity check's random tokens."""
+    tokenizer: str
+
+
+def require_transformers(what: str) -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise TinyLMError(
+            f"{what} needs transformers: pip install 'tinylm[hf]' (or transformers==5.24.0)"
+        ) from None
+    return transformers
+
+
+def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> ExportResult:
+    """Write the checkpoint (or a run's latest) as a transformers GPT2LMHeadModel directory."""
+    transformers = require_transformers("exporting to Hugging Face format")
+    out = Path(out)
+    ckpt = load_checkpoint(source)
+    check_exportable(ckpt.config.model)
+    check_output_dir(out, overwrite)
+    model = ckpt.model.float().eval()
+    dataset = Path(ckpt.config.data.path)
+    tmp = temp_dir_beside(out)
+    try:
+        tok = export_tokenizer(
+            ckpt.meta["tokenizer"]["name"],
+            dataset if dataset.is_dir() else None,
+            tmp,
+            ckpt.config.model.block_size,
+        )
+        config = gpt2_config(ckpt.config.model, bos_id=tok.eos_id, eos_id=tok.eos_id)
+        transformers.GPT2Config(**config).save_pretrained(tmp)
+        safetensors.torch.save_file(
+            to_gpt2_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
+        transformers.GenerationConfig(
+            bos_token_id=tok.eos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id, **SAMPLING
+        ).save_pretrained(tmp)
+        hf_model = load_hf_model(tmp)
+        diff = max_logit_difference(model, hf_model, random_tokens(ckpt.config.model))
+        if not diff <= PARITY_TOLERANCE:  # a conversion bug: ours to fix, not the user's
+            raise RuntimeError(f"exported logits differ from tinylm's by {diff:.3g}")
+        write_model_card(ckpt, tmp / "README.md", tok.kind, diff)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, model.num_parameters(), diff, tok.kind)
+
+
+def load_hf_model(path: Path) -> torch.nn.Module:
+    """The exported directory as transformers loads it (fp32, eval mode)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # a bar for loading a handful of tensors is noise here
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
+def random_tokens(config: Any, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """A full block of uniformly random token ids per row: (batch, block_size) int64."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(config.vocab_size, (batch, config.block_size), generator=generator)
+
+
+@torch.no_grad()
+def max_logit_difference(model: GPT, hf_model: torch.nn.Module, idx: torch.Tensor) -> float:
+    """max |tinylm logits - transformers logits| over every position and token of idx (B, T)."""
+    model.eval()
+    ours = model(idx)  # (B, T, V)
+    theirs = hf_model(idx).logits  # (B, T, V)
+    return (ours.float() - theirs.float()).abs().max().item()
+
+
+def import_hf(
+    hf_dir: str | Path, out: str | Path, tokenizer: str | None = None, overwrite: bool = False
+) -> Checkpoint:
+    """Load a local GPT-2-format transformers checkpoint and save it as a tinylm checkpoint."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    config_file = hf_dir / "config.json"
+    if not config_file.is_file():
+        what = "no such directory" if not hf_dir.exists() else "no config.json"
+        raise TinyLMError(f"{hf_dir}: {what}; expected a transformers model directory")
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TinyLMError(f"{config_file}: not valid JSON ({err})") from None
+    config = Config(model=model_config_from_gpt2(hf_config, str(config_file)))
+    config.validate()
+    name = tokenizer or tokenizer_of_hf_dir(hf_dir)
+    if name is None:
+        raise TinyLMError(
+            f"{hf_dir}: its tokenizer files are missing or not GPT-2's; if the model uses the "
+            "GPT-2 vocabulary, say so with --tokenizer gpt2"
+        )
+    tok = get_tokenizer(name)
+    if config.model.vocab_size < tok.vocab_size:
+        raise TinyLMError(
+            f"{config_file}: vocab_size {config.model.vocab_size} is smaller than the "
+            f"{name} tokenizer's {tok.vocab_size}"
+        )
+    check_output_dir(out, overwrite)
+    model = GPT(config.model)
+    model.load_state_dict(from_gpt2_state_dict(read_weights(hf_dir), model, str(hf_dir)))
+    meta = {
+        "step": 0,
+        "tokens_seen": 0,
+        "imported_from": str(hf_dir.resolve()),
+        "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint},
+        "num_parameters": model.num_parameters(),
+    }
+    save_checkpoint(out, model, config, meta)
+    return Checkpoint(out, model, config, meta)
+
+
+def read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a transformers directory: model.safetensors, its shards, or a .bin."""
+    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [hf_dir / f for f in sorted(set(weight_map.values()))]
+    elif (hf_dir / "pytorch_model.bin").is_file():
+        try:  # weights_only: a tensor file must not be able to run code
+            return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for damaged or unsafe files
+            raise TinyLMError(f"{hf_dir / 'pytorch_model.bin'}: unreadable ({err})") from None
+    else:
+        raise TinyLMError(f"{hf_dir}: no model.safetensors (or pytorch_model.bin) to import")
+    tensors = {}
+    for file in files:
+        try:
+            tensors.update(safetensors.torch.load_file(str(file)))
+        except (safetensors.SafetensorError, OSError) as err:
+            raise TinyLMError(f"{file}: damaged or unreadable weights ({err})") from None
+    return tensors
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TinyLMError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TinyLMError(f"{out}: already exists; pass --overwrite to replace it")
+
+
+__all__ = ["TOKENIZER_JSON", "ExportResult", "export_hf", "import_hf"]

@@ -1,0 +1,78 @@
+"""`tinylm export --format pt2`: the model as a torch.export program, for inference elsewhere.
+
+    OUT/model.pt2     torch.export.save of GPT.forward: idx (B, T) int64 -> logits (B, T, V),
+                      with B and T dynamic (1 <= T <= block_size)
+    OUT/model.json    what a caller needs beside it: model config, tokenizer name, eot id
+
+Load it with torch alone (no tinylm): `torch.export.load("OUT/model.pt2").module()(idx)`.
+Like the Hugging Face export, it is checked before it is put in place: the saved file is
+loaded back and its logits must equal tinylm's on random inputs of two shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tinylm.atomic import replace_dir, temp_dir_beside
+from tinylm.data.tokenizer import get_tokenizer
+from tinylm.interop.hf import PARITY_TOLERANCE, check_output_dir, random_tokens
+from tinylm.training.checkpoint import load_checkpoint
+
+
+@dataclass
+class Pt2Result:
+    out: Path
+    num_parameters: int
+    max_logit_diff: float
+
+
+def export_pt2(source: str | Path, out: str | Path, overwrite: bool = False) -> Pt2Result:
+    out = Path(out)
+    ckpt = load_checkpoint(source)
+    check_output_dir(out, overwrite)
+    model, config = ckpt.model.float().eval(), ckpt.config.model
+    example = random_tokens(config)  # (2, block_size)
+    dynamic = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("T", max=config.block_size)},)
+    program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+    tmp = temp_dir_beside(out)
+    try:
+        torch.export.save(program, tmp / "model.pt2")
+        tokenizer = ckpt.meta["tokenizer"]["name"]
+        info = {
+            "model": asdict(config),
+            "tokenizer": tokenizer,
+            "eot_id": _eot_id(tokenizer, Path(ckpt.config.data.path)),
+            "input": "idx: int64 (batch, T), 1 <= T <= block_size",
+            "output": "logits: float32 (batch, T, vocab_size)",
+        }
+        (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+        loaded = torch.export.load(tmp / "model.pt2").module()
+        diff = 0.0
+        with torch.no_grad():
+            for idx in (
+                example,
+                random_tokens(config, batch=1, seed=1)[:, : config.block_size // 3],
+            ):
+                diff = max(diff, (loaded(idx) - model(idx)).abs().max().item())
+        if not diff <= PARITY_TOLERANCE:  # an export bug: ours to fix, not the user's
+            raise RuntimeError(f"exported program's logits differ from tinylm's by {diff:.3g}")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Pt2Result(out, model.num_parameters(), diff)
+
+
+def _eot_id(tokenizer: str, dataset: Path) -> int | None:
+    """The end-of-text id: from the dataset's manifest, else the named tokenizer's."""
+    manifest = dataset / "manifest.json"
+    if manifest.is_file():
+        eot = json.loads(manifest.read_text()).get("tokenizer", {}).get("eot_id")
+        if isinstance(eot, int):
+            return eot
+    return get_tokenizer(tokenizer).eot_id if tokenizer == "gpt2" else None

@@ -1,0 +1,25 @@
+"""`tinylm export --format pt2`: a torch.export program that runs with torch alone."""
+
+import json
+
+import torch
+from test_cli import assert_one_line_error, run_cli
+
+from tinylm.training.checkpoint import load_checkpoint
+
+
+def test_pt2_export_gives_tinylm_logits_at_any_length(tiny_run, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "export", tiny_run, tmp_path / "pt2", "--format", "pt2")
+    assert code == 0 and "max logit difference vs tinylm" in out
+    info = json.loads((tmp_path / "pt2" / "model.json").read_text())
+    assert info["tokenizer"] == "gpt2" and info["eot_id"] == 50256
+    program = torch.export.load(tmp_path / "pt2" / "model.pt2").module()
+    model = load_checkpoint(tiny_run).model.eval()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for shape in [(1, 1), (3, 7), (2, info["model"]["block_size"])]:
+            idx = torch.randint(50257, shape, generator=generator)
+            assert (program(idx) - model(idx)).abs().max().item() <= 1e-5
+
+    code, _, err = run_cli(capsys, "export", tiny_run, tmp_path / "pt2", "--format", "pt2")
+    assert_one_line_error(code, err, "already exists; pass --overwrite")
