@@ -86,7 +86,9 @@ def test_store_keeps_the_last_k_and_the_best(tmp_path):
 
 
 def test_optimizer_state_round_trips_by_parameter_name():
-    cfg = load_config(None, ["model.n_embd=32", "model.n_head=2", "model.n_layer=1"])
+    cfg = load_config(
+        None, ["model.vocab_size=128", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]
+    )
     model = GPT(cfg.model)
     opt = build_optimizer(model, cfg.optim)
     model(torch.randint(0, 100, (2, 8))).sum().backward()

@@ -54,8 +54,8 @@ from tinylm.training.checkpoint import (
     LATEST,
     CheckpointStore,
     check_compatible,
-    load_optimizer_tensors,
     load_checkpoint,
+    load_optimizer_tensors,
     load_weights,
     optimizer_tensors,
     read_meta,
@@ -139,6 +139,8 @@ def _resume_point(run: RunDir, config: Config, overwrite: bool, resume: bool) ->
             )
         return resolve_checkpoint(latest)
     saved = load_config(run.config)
+    if config.model.vocab_size == 0:  # "follow the data" was resolved when the run started
+        config.model = dataclasses.replace(config.model, vocab_size=saved.model.vocab_size)
     if saved != config:
         ours, theirs = config.to_dict(), saved.to_dict()
         diffs = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k)]
