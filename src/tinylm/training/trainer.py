@@ -35,9 +35,10 @@ from tinylm.data.tokenizer import Tokenizer, get_tokenizer
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError, is_out_of_memory
 from tinylm.evaluate import EvalResult, evaluate
-from tinylm.loss import next_token_loss
+from tinylm.loss import chunked_next_token_loss
 from tinylm.model import GPT
 from tinylm.plots import plot_losses
+from tinylm.precision import autocast, grad_scaler, maybe_compile, resolve_precision
 from tinylm.progress import progress
 from tinylm.rundir import RECENT_STEPS, RunDir
 from tinylm.training.checkpoint import save_checkpoint
@@ -86,6 +87,7 @@ class Trainer:
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         self.device = resolve_device(t.device)
+        self.precision = resolve_precision(t.precision, self.device)
 
         self.dataset = PreparedDataset.open(config.data.path)
         self.tokenizer: Tokenizer = get_tokenizer(self.dataset.tokenizer_name)
@@ -119,6 +121,8 @@ class Trainer:
 
         self.model = GPT(config.model).to(self.device)
         self.optimizer = build_optimizer(self.model, config.optim)
+        self.scaler = grad_scaler(self.precision, self.device)  # fp16 only; a no-op otherwise
+        self.forward_model = maybe_compile(self.model, t.compile)  # self.model is saved
         self.planned_steps = _planned_steps(config, self.loader.batches_per_epoch)
 
         self.step = self.tokens_seen = 0
@@ -135,7 +139,8 @@ class Trainer:
         _print(
             f"model: {self.model.num_parameters():,} parameters | data: "
             f"{self.loader.num_blocks:,} blocks of {self.config.model.block_size} tokens, "
-            f"{self.loader.batches_per_epoch:,} batches/epoch | device: {self.device} | "
+            f"{self.loader.batches_per_epoch:,} batches/epoch | device: {self.device} "
+            f"({self.precision}) | "
             f"run: {run.path}"
         )
         interrupted = False
@@ -203,9 +208,10 @@ class Trainer:
         """One AdamW update on the next batch, and its metrics record."""
         batch = self.loader.next_batch().to(self.device)  # (B, T)
         try:
-            loss = next_token_loss(self.model(batch), batch)
+            with autocast(self.precision, self.device):
+                loss = chunked_next_token_loss(self.forward_model, batch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
         except RuntimeError as err:  # torch.OutOfMemoryError is one
             if is_out_of_memory(err):
                 raise TinyLMError(
@@ -214,10 +220,12 @@ class Trainer:
                 ) from None
             raise
         clip = self.config.optim.grad_clip
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), clip if clip > 0 else math.inf
         )  # the norm before clipping
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skips the step if fp16 gradients overflowed
+        self.scaler.update()
 
         self.step += 1
         self.tokens_seen += batch.numel()
