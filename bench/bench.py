@@ -456,7 +456,7 @@ def write_markdown(r: dict, path: Path) -> None:
         lines.append("")
     if "generate" in r:
         lines += [
-            "## Generation tokens/s (seed-d128, greedy, KV cache, 16-token prompt)",
+            "## Generation tokens/s (seed-d128, greedy, KV cache, 16-token prompt, 50 new tokens)",
             "",
             "| batch | weights | tinylm | transformers | ratio |",
             "|---|---|---|---|---|",
@@ -531,10 +531,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--sections", default="peak,train,memory,generate,chunks,compile,env,profile"
-    )
-    parser.add_argument("--steps", type=int, default=6, help="timed training steps per side")
+    parser.add_argument("--sections", default="peak,train,memory,generate,env,profile")
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per side")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     r: dict = {
@@ -549,17 +547,17 @@ def main() -> None:
         if section == "peak":
             r["peak"] = peak(reps=5)
         elif section == "train":
-            r["train"] = train(warmup=2, steps=args.steps)
+            r["train"] = train(warmup=1, steps=args.steps)
         elif section == "memory":
-            r["memory"] = memory(steps=3)
+            r["memory"] = memory(steps=2)
         elif section == "generate":
-            r["generate"] = generate(reps=3, new_tokens=100)
+            r["generate"] = generate(reps=3, new_tokens=50)
         elif section == "chunks":
             r["chunks"] = chunks(warmup=1, steps=4)
         elif section == "compile":
             r["compile"] = compile_(warmup=1, steps=4)
         elif section == "env":
-            r["env"] = env(rounds=2, steps=5)
+            r["env"] = env(rounds=2, steps=4)
         elif section == "profile":
             r["profile"] = profile("bf16")
         else:

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_SIZE = 256
-"""Positions per output-layer chunk: 256×50257 logits (51 MB fp32). Measured on 2 cores
-(bench/bench.py --chunk-sweep): larger chunks leave the cache, smaller ones pay more
-per-chunk overhead (each chunk adds its part into the V×C weight gradient)."""
+"""Positions per output-layer chunk: 256×50257 logits (25 MB bf16, 51 MB fp32). Larger
+chunks touch more memory per pass; smaller ones add their part into the V×C weight
+gradient more often (`bench/bench.py --sections chunks` measures the trade)."""
 
 
 def next_token_loss(
