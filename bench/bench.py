@@ -25,14 +25,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+if "--worker" not in sys.argv:  # tinylm's default (src/tinylm/__init__.py), for both sides
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {"seed-d128": 32, "seed-d256": 16}  # preset -> batch size (block 128)
@@ -184,7 +186,9 @@ def memory(steps: int) -> list[dict]:
     for preset in CONFIGS:
         for precision in ("fp32", "bf16"):
             for impl in ("tinylm", "transformers"):
-                res = worker("memory", impl, preset, precision, str(steps))
+                res = worker(
+                    "memory", impl, preset, precision, str(steps), {"OMP_WAIT_POLICY": "PASSIVE"}
+                )
                 rows.append({"config": preset, "impl": impl, "precision": precision, **res})
                 print(f"memory {preset} {precision} {impl}: {res['peak_mb']:.0f} MB", flush=True)
     return rows
@@ -283,10 +287,10 @@ def compile_(warmup: int, steps: int) -> list[dict]:
     return rows
 
 
-ENVS = {
-    "default": {},
-    "THP_MEM_ALLOC_ENABLE=1": {"THP_MEM_ALLOC_ENABLE": "1"},
+ENVS = {  # each run in a fresh process: both are read once, when torch starts
+    "OpenMP default (spin, then sleep)": {},
     "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "PASSIVE + THP_MEM_ALLOC_ENABLE=1": {"OMP_WAIT_POLICY": "PASSIVE", "THP_MEM_ALLOC_ENABLE": "1"},
 }
 
 
@@ -326,32 +330,33 @@ def profile(precision: str) -> dict:
 # ---------------------------------------------------------------- subprocess workers
 
 
-def worker(
-    kind: str, impl: str, preset: str, precision: str, steps: str, env: dict | None = None
-) -> dict:
+def worker(kind: str, impl: str, preset: str, precision: str, steps: str, env: dict) -> dict:
+    """Run one measurement in a fresh process with exactly these speed settings."""
     cmd = [sys.executable, __file__, "--worker", kind, impl, preset, precision, steps]
-    out = subprocess.run(
-        cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")
+    }
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**base, **env})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_worker(kind: str, impl: str, preset: str, precision: str, steps: int) -> dict:
     if impl == "transformers":
         import transformers  # noqa: F401  (its import is part of the baseline, not the peak)
-    base_kb = _rss_kb()
+    base_kb = _status_kb("VmRSS")
     tr = Trainer(impl, preset, precision)
     times = [tr.step() for _ in range(steps)]
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _status_kb("VmHWM")  # not ru_maxrss: Linux carries that over from before exec
     return {
         "peak_mb": (peak_kb - base_kb) / 1024,
         "tokens_per_s": tr.tokens() / statistics.median(times[1:]),
     }
 
 
-def _rss_kb() -> int:
+def _status_kb(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, in kB."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 # ---------------------------------------------------------------- report
@@ -374,6 +379,7 @@ def machine() -> dict:
         "transformers": transformers.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_avg_start": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
     }
 
 
@@ -386,6 +392,7 @@ def write_markdown(r: dict, path: Path) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
         f"AMX-BF16: {m['amx_bf16']}, AVX512-BF16: {m['avx512_bf16']}; Python {m['python']}, "
         f"torch {m['torch']}, transformers {m['transformers']}; {m['date']}, "
+        f"OMP_WAIT_POLICY={m.get('omp_wait_policy')} for both sides; "
         f"load average at start {m['load_avg_start'][0]:.1f} (a shared machine: other jobs ran "
         "beside this one, so compare the ratios, which come from interleaved steps).",
         "",
