@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
-        help="weights' precision while generating; auto: bf16 where the hardware has fast "
-        "bf16, else fp32 (default: auto)",
+        help="weights' precision while generating; auto: fp32 on a CPU (faster than bf16 at "
+        "batch 1 there; bf16 wins from batch 8), as for training on a GPU (default: auto)",
     )
     p.add_argument(
         "--no-cache", action="store_true", help="recompute the whole context every token (slow)"
@@ -325,7 +325,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    precision = resolve_precision(args.precision, device)
+    # Measured on a 2-core AMX CPU (bench/RESULTS.md): bf16 weights generate slower than
+    # fp32 at batch 1 and faster at batch 8; one sample is the common case.
+    cpu_auto = args.precision == "auto" and device.type == "cpu"
+    precision = "fp32" if cpu_auto else resolve_precision(args.precision, device)
     live = len(rows) == 1  # one sample streams to the terminal as it is generated
     new: list[list[int]] = [[] for _ in rows]
     shown = ""

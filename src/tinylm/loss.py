@@ -17,8 +17,6 @@ else shifts.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -137,11 +135,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.log_softmax(logits[:n], dim=-1, dtype=torch.float32, out=logp[:n])
                 total -= logp[rows, t_c].sum()
                 if need_grad:
-                    g_c = logits[:n]  # dloss/dlogits, written over the logits once used
+                    p = logp[:n].exp_()  # softmax, in place (n, V)
+                    p[rows, t_c] -= 1.0  # dloss/dlogits = p - onehot(target)
                     if up != 1.0:
-                        logp[:n] += math.log(up)
-                    torch.exp(logp[:n], out=g_c)  # softmax (times up), cast in the same pass
-                    g_c[rows, t_c] -= up  # dloss/dlogits = p - onehot(target)
+                        p.mul_(up)
+                    # In `dtype`, written over the logits once used. (exp straight into a
+                    # bf16 output is slower on CPU: the converting kernel is not vectorised.)
+                    g_c = logits[:n].copy_(p) if dtype != torch.float32 else p
                     grad_h[i : i + n] = g_c @ w  # (n, C)
                     grad_w += g_c.T @ h_c  # (V, C)
             if need_grad:
