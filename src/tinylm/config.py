@@ -109,7 +109,7 @@ class TrainConfig:
     """auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 where the hardware has native bf16
     matmuls (recent x86 CPUs, most GPUs), else fp16 on CUDA, else fp32. Weights stay fp32."""
     compile: bool = False
-    """torch.compile the model: slower start (15-60 s), faster steps where it fuses work."""
+    """torch.compile the model: a slower start (compiling), faster steps where it fuses work."""
 
 
 @dataclass

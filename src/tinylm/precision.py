@@ -58,8 +58,8 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """torch.compile(model) when asked. Costs 15-60 s on the first steps (a C++ compiler
-    must be installed); see docs/model.md for where it pays off."""
+    """torch.compile(model) when asked. The first steps pay for compiling (on a CPU a C++
+    compiler must be installed); see docs/model.md."""
     return torch.compile(model) if enabled else model
 
 
