@@ -25,7 +25,6 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 
 ## The main job: prepare the built-in corpus, train the 13.3M reference model for a few
 ## minutes, evaluate on held-out data, sample from it and summarise the run.
-demo: export THP_MEM_ALLOC_ENABLE := 1
 demo: venv
 	$(TINYLM) prepare builtin:wiki --out $(DEMO_DATA) --overwrite
 	$(TINYLM) train configs/cpu_demo.yaml data.path=$(DEMO_DATA) --out $(DEMO_RUN) --overwrite

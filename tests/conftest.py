@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# Before torch loads OpenMP, as tinylm/__init__.py does for the CLI: idle threads sleep
+# instead of spinning, which keeps tiny-model tests fast on a busy machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from tinylm.config import ModelConfig
 from tinylm.data.prepare import PrepareOptions, prepare

@@ -239,8 +239,8 @@ def test_damaged_checkpoint(tiny_run, tmp_path, capsys):
 
 
 def test_out_of_memory_is_one_line_and_keeps_the_earlier_run(tmp_path, wiki_data, tiny_run):
-    """Under a 6 GB address-space limit a 2048-block batch cannot allocate its logits; the
-    run it was to overwrite survives whole."""
+    """Under a 6 GB address-space limit a 2048-block batch of a 2048-wide model cannot
+    allocate its activations; the run it was to overwrite survives whole."""
     import resource
     import shutil
 
@@ -250,7 +250,7 @@ def test_out_of_memory_is_one_line_and_keeps_the_earlier_run(tmp_path, wiki_data
     run = tmp_path / "runs" / "run"
     shutil.copytree(tiny_run, run)
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    args = ["model.n_embd=32", "model.n_head=2", "model.n_layer=1", "model.block_size=64"]
+    args = ["model.n_embd=2048", "model.n_head=2", "model.n_layer=1", "model.block_size=64"]
     result = subprocess.run(
         [sys.executable, "-m", "tinylm", "train", f"data.path={wiki_data}", *args,
          "train.device=cpu", "train.batch_size=2048", "train.max_steps=1",

@@ -1,6 +1,6 @@
 import torch
 
-from tinylm.generate import generate, sample_next
+from tinylm.generate import FINISHED, generate, generate_batch, sample_next, stream
 from tinylm.model import GPT
 
 
@@ -50,3 +50,35 @@ def test_stop_token_ends_generation(small_model_config):
     first = generate(model, idx, 1, temperature=0)[0, -1].item()
     out = generate(model, idx, 10, temperature=0, stop_token=first)
     assert out.shape == (1, 4) and out[0, -1].item() == first
+
+
+def test_kv_cache_greedy_equals_no_cache_greedy(small_model_config):
+    """Past block_size (32) too: 20 + 20 tokens crosses it, where the cache gives way."""
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    idx = torch.randint(0, 64, (3, 20))
+    cached = generate(model, idx, 20, temperature=0, use_cache=True)
+    plain = generate(model, idx, 20, temperature=0, use_cache=False)
+    assert torch.equal(cached, plain)
+
+
+def test_batch_of_prompts_of_different_lengths_equals_each_alone(small_model_config):
+    """Left padding must be invisible: each row generates what it would on its own."""
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [10, 11, 12]]
+    batch = generate_batch(model, prompts, 30, temperature=0)  # crosses block_size too
+    for prompt, new in zip(prompts, batch, strict=True):
+        alone = generate(model, torch.tensor([prompt]), 30, temperature=0, use_cache=False)
+        assert new == alone[0, len(prompt) :].tolist()
+
+
+def test_stream_marks_finished_rows_and_stops_when_all_are_done(small_model_config):
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    prompts = [[1, 2], [3]]
+    first = [row[0] for row in generate_batch(model, prompts, 1, temperature=0)]
+    steps = list(stream(model, prompts, 10, temperature=0, stop_tokens=[first[0]]))
+    assert steps[0][0].item() == first[0]  # row 0 stops at once (its stop token is yielded) ...
+    assert all(s[0].item() == FINISHED for s in steps[1:])  # ... and is FINISHED after it
+    assert len(steps) == 10 or steps[-1][1].item() == first[0]

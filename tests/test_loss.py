@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinylm.config import MODEL_PRESETS
-from tinylm.loss import next_token_loss
+from tinylm.loss import chunked_next_token_loss, next_token_loss
 from tinylm.model import GPT
 
 
@@ -88,3 +88,76 @@ def test_memorises_a_short_fixed_sequence(small_model_config):
     sequence = torch.randint(0, 64, (1, 32))
     loss = train_on(model, lambda: sequence, next_token_loss, steps=150)
     assert loss < 0.05
+
+
+def _loss_and_grads(model, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1000])  # uneven chunks; one chunk for everything
+def test_chunked_loss_equals_plain_loss_in_value_and_gradients(small_model_config, chunk_size):
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    tokens = torch.randint(0, 64, (3, 17))
+    plain, plain_grads = _loss_and_grads(model, lambda: next_token_loss(model(tokens), tokens))
+    chunked, chunked_grads = _loss_and_grads(
+        model, lambda: chunked_next_token_loss(model, tokens, chunk_size=chunk_size)
+    )
+    assert torch.allclose(plain, chunked, rtol=1e-6)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, chunked_grads[name], rtol=1e-4, atol=1e-7), name
+    for reduction in ("sum", "none"):
+        with torch.no_grad():
+            expected = next_token_loss(model(tokens), tokens, reduction=reduction)
+            got = chunked_next_token_loss(model, tokens, reduction, chunk_size=chunk_size)
+        assert got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-5)
+
+
+def test_chunked_loss_under_bf16_autocast_is_close_to_fp32(small_model_config):
+    """bf16 matmuls, fp32 softmax: the loss agrees to ~3 digits, gradients to a few %."""
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    tokens = torch.randint(0, 64, (4, 32))
+    ref, ref_grads = _loss_and_grads(model, lambda: next_token_loss(model(tokens), tokens))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, grads = _loss_and_grads(model, lambda: chunked_next_token_loss(model, tokens))
+    assert abs(got.item() - ref.item()) < 5e-3 * ref.item()
+    for name in ("lm_head.weight", "blocks.0.attn.qkv.weight", "wte.weight"):
+        rel = (grads[name] - ref_grads[name]).norm() / ref_grads[name].norm()
+        assert rel < 0.05, (name, rel.item())
+
+
+def test_chunked_loss_never_materialises_the_full_logits(small_model_config):
+    """No tensor is bigger than chunk_size x V or the V x C weights; the plain loss makes
+    B*T x V logits and a gradient of the same size."""
+    import dataclasses
+
+    cfg = dataclasses.replace(small_model_config, vocab_size=4096)
+    model = GPT(cfg)
+    tokens = torch.randint(0, 4096, (8, 32))
+    sizes = []
+
+    def record(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else [out]:
+                if isinstance(t, torch.Tensor):
+                    record(t)
+            return out
+
+    with Largest():
+        chunked_next_token_loss(model, tokens, chunk_size=16).backward()
+    assert max(sizes) == 4096 * cfg.n_embd  # the weights (and their gradient) are the largest
+    sizes.clear()
+    with Largest():
+        next_token_loss(model(tokens), tokens).backward()
+    assert max(sizes) == 8 * 32 * 4096

@@ -5,7 +5,7 @@
     tinylm data stats DATA                    documents, tokens, top tokens, lengths
     tinylm train [CONFIG.yaml] [k=v...] --out RUN [--resume]
     tinylm eval RUN [--split val test]        loss, perplexity, bits per byte
-    tinylm generate RUN --prompt TEXT         sample text
+    tinylm generate RUN --prompt TEXT...      sample text (KV cache, batch, streaming)
     tinylm report RUN...                      results table (Markdown)
     tinylm plot RUN... [--out PNG]            train/val loss curves of one or many runs
     tinylm export RUN --format hf OUT         transformers model directory (or pt2)
@@ -168,11 +168,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "generate",
         help="sample text from a trained model",
-        description="Continue a prompt with the run's latest checkpoint. Samples are printed "
-        "and appended to RUN/samples.txt.",
+        description="Continue one or more prompts with the run's latest checkpoint, all in "
+        "one batch with a KV cache. A single sample streams to the terminal as it is "
+        "generated; samples are also appended to RUN/samples.txt.",
     )
     _add_checkpoint_args(p)
-    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        help="text to continue; repeat for a batch of prompts (default: start of a document)",
+    )
+    p.add_argument(
+        "--prompts-file", type=Path, help="a text file with one prompt per line (adds to --prompt)"
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="also stop a sample at this text (must be one token, e.g. a newline); "
+        "<|endoftext|> always stops",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="weights' precision while generating; auto: fp32 on a CPU (faster than bf16 at "
+        "batch 1 there; bf16 wins from batch 8), as for training on a GPU (default: auto)",
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="recompute the whole context every token (slow)"
+    )
     p.add_argument(
         "--max-new-tokens", type=int, default=100, help="tokens to generate (default: 100)"
     )
@@ -452,37 +478,83 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from tinylm.data.dataset import model_tokenizer
     from tinylm.device import resolve_device
-    from tinylm.generate import generate
+    from tinylm.generate import FINISHED, stream
+    from tinylm.precision import inference_dtype, resolve_precision
     from tinylm.training.checkpoint import load_checkpoint
 
     if args.max_new_tokens <= 0 or args.num_samples <= 0:
         raise TinyLMError("--max-new-tokens and --num-samples must be positive")
     if not 0 < args.top_p <= 1:
         raise TinyLMError("--top-p must be in (0, 1]")
+    texts = list(args.prompt or [])
+    if args.prompts_file is not None:
+        try:
+            lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise TinyLMError(f"{args.prompts_file}: not valid UTF-8 text") from None
+        texts += [line for line in lines if line.strip()]
+        if not texts:
+            raise TinyLMError(f"{args.prompts_file}: no prompts in it (one per line)")
+    texts = texts or [""]
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.run, device)
     tokenizer = model_tokenizer(ckpt.meta["tokenizer"], ckpt.config.data.path)
-    prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
-    idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
+    stops = [tokenizer.eot_id]
+    for text in args.stop:
+        ids = tokenizer.encode(text)
+        if len(ids) != 1:
+            raise TinyLMError(
+                f"--stop {text!r} is {len(ids)} tokens; give text that is exactly one token"
+            )
+        stops.append(ids[0])
+    # A row per (prompt, sample); an empty prompt starts at a document boundary.
+    rows = [t for t in texts for _ in range(args.num_samples)]
+    prompt_ids = [tokenizer.encode(t) if t else [tokenizer.eot_id] for t in rows]
+    block_size = ckpt.config.model.block_size
+    if max(len(p) for p in prompt_ids) + args.max_new_tokens > block_size and not args.no_cache:
+        print(
+            f"note: prompt + {args.max_new_tokens} new tokens exceeds the model's block_size "
+            f"({block_size}); tokens past it are generated without the KV cache (slower)",
+            file=sys.stderr,
+        )
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    out = generate(
-        ckpt.model,
-        idx,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        generator,
-        stop_token=tokenizer.eot_id,
-    )
-    samples = []
-    for i, row in enumerate(out.tolist()):
-        new = row[len(prompt_ids) :]
-        if tokenizer.eot_id in new:
-            new = new[: new.index(tokenizer.eot_id)]
-        text = args.prompt + tokenizer.decode(new)
-        samples.append(text)
-        print(f"--- sample {i + 1} (seed {args.seed}, temperature {args.temperature}) ---\n{text}")
+    # Measured on a 2-core AMX CPU (bench/RESULTS.md): bf16 weights generate slower than
+    # fp32 at batch 1 and faster at batch 8; one sample is the common case.
+    cpu_auto = args.precision == "auto" and device.type == "cpu"
+    precision = "fp32" if cpu_auto else resolve_precision(args.precision, device)
+    live = len(rows) == 1  # one sample streams to the terminal as it is generated
+    new: list[list[int]] = [[] for _ in rows]
+    shown = ""
+    if live:
+        print(f"--- sample 1 (seed {args.seed}, temperature {args.temperature}) ---")
+        print(rows[0], end="", flush=True)
+    with inference_dtype(ckpt.model, precision) as model:
+        for step in stream(
+            model,
+            prompt_ids,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            generator,
+            stop_tokens=stops,
+            use_cache=not args.no_cache,
+        ):
+            for i, token in enumerate(step.tolist()):
+                if token != FINISHED and token not in stops:
+                    new[i].append(token)
+            if live:
+                text = tokenizer.decode(new[0])
+                if not text.endswith("\ufffd"):  # hold back a character cut mid-UTF-8
+                    print(text[len(shown) :], end="", flush=True)
+                    shown = text
+    samples = [prompt + tokenizer.decode(ids) for prompt, ids in zip(rows, new, strict=True)]
+    if live:
+        print(samples[0][len(rows[0]) + len(shown) :])
+    else:
+        for i, text in enumerate(samples):
+            print(f"--- sample {i + 1} (seed {args.seed}, temperature {args.temperature}) ---")
+            print(text)
     run_dir = _run_dir_of(ckpt.path)
     if run_dir is not None:
         with open(run_dir / "samples.txt", "a") as f:

@@ -148,6 +148,11 @@ class TrainConfig:
     init_from: str = ""
     """Start from this checkpoint's weights (e.g. one written by `tinylm import`); its model
     section replaces model.*. Empty: a freshly initialised model."""
+    precision: str = "auto"
+    """auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 where the hardware has native bf16
+    matmuls (recent x86 CPUs, most GPUs), else fp16 on CUDA, else fp32. Weights stay fp32."""
+    compile: bool = False
+    """torch.compile the model: a slower start (compiling), faster steps where it fuses work."""
 
 
 @dataclass
@@ -217,6 +222,10 @@ class Config:
             _require(getattr(t, name) >= 0, f"train.{name} must not be negative")
         _require(self.optim.weight_decay >= 0, "optim.weight_decay must not be negative")
         _require(self.optim.grad_clip >= 0, "optim.grad_clip must not be negative (0 = off)")
+        _require(
+            t.precision in ("auto", "fp32", "bf16", "fp16"),
+            f"train.precision={t.precision!r}; use auto, fp32, bf16 or fp16",
+        )
         return self
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tinylm.data.loader import eval_batches
-from tinylm.loss import next_token_loss
+from tinylm.loss import chunked_next_token_loss
 
 
 @dataclass
@@ -50,7 +50,7 @@ def evaluate(
     byte_table = torch.from_numpy(token_bytes) if token_bytes is not None else None
     for batch in eval_batches(tokens, block_size, batch_size, max_batches):
         batch = batch.to(device)
-        nll = next_token_loss(model(batch), batch, reduction="none")  # (B, T-1) nats
+        nll = chunked_next_token_loss(model, batch, reduction="none")  # (B, T-1) nats
         total_nats += nll.sum(dtype=torch.float64).item()
         total_tokens += nll.numel()
         if byte_table is not None:

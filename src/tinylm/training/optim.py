@@ -23,4 +23,12 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    # The fused kernel updates every tensor in one pass instead of a loop of small ops
+    # (several times faster for 13M parameters on 2 cores). It needs float parameters on
+    # CPU or CUDA.
+    fused = all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in decay + no_decay
+    )
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused
+    )

@@ -44,9 +44,10 @@ from tinylm.data.tokenizer import Tokenizer
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError, is_out_of_memory
 from tinylm.evaluate import EvalResult, evaluate
-from tinylm.loss import next_token_loss
+from tinylm.loss import chunked_next_token_loss
 from tinylm.model import GPT
 from tinylm.plots import plot_losses
+from tinylm.precision import autocast, grad_scaler, maybe_compile, resolve_precision
 from tinylm.progress import progress
 from tinylm.rundir import RECENT_STEPS, RunDir
 from tinylm.training.checkpoint import (
@@ -162,6 +163,7 @@ class Trainer:
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         self.device = resolve_device(t.device)
+        self.precision = resolve_precision(t.precision, self.device)
 
         self.dataset = PreparedDataset.open(config.data.path)
         self.tokenizer: Tokenizer = self.dataset.tokenizer  # fingerprint-checked
@@ -200,6 +202,8 @@ class Trainer:
             self.val_tokens = None
 
         self.model, self.optimizer = self._build_model_and_optimizer()
+        self.scaler = grad_scaler(self.precision, self.device)  # fp16 only; a no-op otherwise
+        self.forward_model = maybe_compile(self.model, t.compile)  # self.model is saved
         self.planned_steps = _planned_steps(config, self.loader.batches_per_epoch)
         # A decaying schedule without an explicit length spans the budget (inf: time only).
         budget_steps = self.planned_steps if self.planned_steps < sys.maxsize else math.inf
@@ -240,8 +244,10 @@ class Trainer:
         return model, build_optimizer(model, self.config.optim)
 
     def _micro_batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean next-token loss of one (B, T) micro-batch: a scalar with a graph."""
-        return next_token_loss(self.model(batch), batch)
+        """Mean next-token loss of one (B, T) micro-batch: a scalar with a graph. The output
+        layer and loss run in chunks, so the (B, T, vocab) logits never exist at once."""
+        with autocast(self.precision, self.device):
+            return chunked_next_token_loss(self.forward_model, batch)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -256,7 +262,8 @@ class Trainer:
         _print(
             f"model: {self.model.num_parameters():,} parameters | data: "
             f"{self.loader.num_blocks:,} blocks of {self.config.model.block_size} tokens, "
-            f"{self.loader.batches_per_epoch:,} batches/epoch | device: {self.device} | "
+            f"{self.loader.batches_per_epoch:,} batches/epoch | device: {self.device} "
+            f"({self.precision}) | "
             f"{what}: {run.path}"
         )
         stop_reason = "budget"
@@ -329,7 +336,7 @@ class Trainer:
             batch = self.loader.next_batch().to(self.device)  # (B, T)
             try:
                 loss = self._micro_batch_loss(batch)
-                (loss / accum if accum > 1 else loss).backward()
+                self.scaler.scale(loss / accum if accum > 1 else loss).backward()
             except RuntimeError as err:  # torch.OutOfMemoryError is one
                 if is_out_of_memory(err):
                     raise TinyLMError(
@@ -342,6 +349,7 @@ class Trainer:
             tokens += batch.numel()
         step_loss = (losses[0] if accum == 1 else torch.stack(losses).mean()).item()
         clip = self.config.optim.grad_clip
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         )  # the norm before clipping
@@ -350,16 +358,23 @@ class Trainer:
         self.session_tokens += tokens
         lr = self.schedule.lr_for(self.step, self.tokens_seen)
         finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
+        # fp16 only: gradients that overflow the loss scale are GradScaler's routine signal
+        # to lower the scale, not a sign the run is failing; the update is skipped uncounted.
+        overflow = self.scaler.is_enabled() and math.isfinite(step_loss) and not finite
         if finite:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
             self.loss = step_loss
             self.recent_losses.append(step_loss)
+        elif overflow:
+            pass
         else:
             self.skipped_steps += 1
             _print(f"step {self.step}: non-finite loss or gradient norm; update skipped "
                    f"({self.skipped_steps} so far)")  # fmt: skip
+        self.scaler.update()
+        finite = finite or overflow
         if (
             self.step % self.config.train.log_interval == 0
             or self.step == self.planned_steps
@@ -467,6 +482,8 @@ class Trainer:
                 "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                 "evals_without_improvement": self.evals_without_improvement,
                 "skipped_steps": self.skipped_steps,
+                # fp16's loss scale and growth counter ({} when GradScaler is off)
+                "grad_scaler": self.scaler.state_dict(),
             },
         }
 
@@ -498,6 +515,8 @@ class Trainer:
         self.best_val = tr["best_val_loss"] if tr["best_val_loss"] is not None else math.inf
         self.evals_without_improvement = tr["evals_without_improvement"]
         self.skipped_steps = tr["skipped_steps"]
+        if tr.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(tr["grad_scaler"])
         self.train_seconds_before = meta["train_seconds"]
         self.elapsed_before = meta["elapsed_s"]
         self.resumed_from = self.step
