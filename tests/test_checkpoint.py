@@ -31,7 +31,7 @@ from tinylm.config import load_config
 from tinylm.model import GPT
 from tinylm.training.checkpoint import CheckpointStore
 
-cfg = load_config(None, ["model.n_embd=32", "model.n_head=2", "model.n_layer=1"])
+cfg = load_config(None, ["model.vocab_size=128", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"])
 torch.manual_seed(0)
 model = GPT(cfg.model)
 store = CheckpointStore(Path(sys.argv[1]), keep=2)
@@ -71,7 +71,9 @@ def test_crash_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_pa
 
 
 def test_store_keeps_the_last_k_and_the_best(tmp_path):
-    cfg = load_config(None, ["model.n_embd=32", "model.n_head=2", "model.n_layer=1"])
+    cfg = load_config(
+        None, ["model.vocab_size=128", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]
+    )
     model = GPT(cfg.model)
     store = CheckpointStore(tmp_path, keep=2)
     for step in range(1, 6):
@@ -127,7 +129,7 @@ def test_resume_refuses_another_tokenizer(tiny_run, tmp_path, capsys):
 
 
 def test_weights_of_another_shape_are_refused(tiny_run, tmp_path):
-    cfg = load_config(None, [*TINY_OVERRIDES, "model.n_embd=64"])
+    cfg = load_config(None, [*TINY_OVERRIDES, "model.vocab_size=50257", "model.n_embd=64"])
     from tinylm.training.checkpoint import load_weights
 
     with pytest.raises(TinyLMError, match="do not fit"):

@@ -318,7 +318,9 @@ def test_export_refuses_what_gpt2_cannot_express(tmp_path, capsys):
 
 
 def test_missing_transformers_is_one_line(tmp_path, capsys, monkeypatch):
-    random_checkpoint(tmp_path / "ckpt", ModelConfig(block_size=16, n_layer=1, n_embd=16))
+    random_checkpoint(
+        tmp_path / "ckpt", ModelConfig(vocab_size=50257, block_size=16, n_layer=1, n_embd=16)
+    )
     monkeypatch.setitem(sys.modules, "transformers", None)  # import now raises ImportError
     code, _, err = run_cli(capsys, "export", tmp_path / "ckpt", tmp_path / "out")
     assert_one_line_error(code, err, "needs transformers: pip install 'tinylm[hf]'")
