@@ -31,7 +31,9 @@ from tinylm.config import load_config
 from tinylm.model import GPT
 from tinylm.training.checkpoint import CheckpointStore
 
-cfg = load_config(None, ["model.vocab_size=128", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"])
+cfg = load_config(
+    None, ["model.vocab_size=128", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]
+)
 torch.manual_seed(0)
 model = GPT(cfg.model)
 store = CheckpointStore(Path(sys.argv[1]), keep=2)
