@@ -27,7 +27,7 @@ tl tokenizer train "$work/corpus.jsonl" --vocab-size 1024 --split 90,10,0 --out 
 tl prepare "$work/corpus.jsonl" --tokenizer "$work/tok/tokenizer.json" --split 90,10,0 --out "$work/data" 2>&1 | tail -2 | tee -a "$out/e2e.log"
 common=(model.vocab_size=0 model.n_layer=4 model.n_head=4 model.n_embd=256 model.block_size=256
         data.path="$work/data" train.device=$device train.batch_size=32 train.eval_interval=$((steps / 3))
-        train.eval_batches=8 train.checkpoint_interval=$((steps / 3)) train.log_interval=$((steps / 6)))
+        train.epochs=1000 train.eval_batches=8 train.checkpoint_interval=$((steps / 3)) train.log_interval=$((steps / 6)))
 for prec in $precisions; do
   log "train $prec"
   tl train "${common[@]}" train.max_steps=$steps train.precision=$prec --out "$work/run-$prec" 2>&1 \
