@@ -161,3 +161,22 @@ def test_chunked_loss_never_materialises_the_full_logits(small_model_config):
     with Largest():
         next_token_loss(model(tokens), tokens).backward()
     assert max(sizes) == 8 * 32 * 4096
+
+
+def test_fp16_weight_gradient_does_not_overflow_on_repeated_targets():
+    """256 near-identical positions with one target: each row adds ~1024 * |h| to the same
+    gradient entries, a sum past fp16's 65504 unless it is accumulated in fp32."""
+    from tinylm.loss import _LinearCrossEntropy
+
+    torch.manual_seed(0)
+    h = (torch.ones(256, 64) * 4 + 0.01 * torch.randn(256, 64)).requires_grad_()
+    weight = (0.02 * torch.randn(512, 64)).requires_grad_()
+    targets = torch.full((256,), 5)
+    grads = {}
+    for dtype in (torch.float32, torch.float16):
+        h.grad = weight.grad = None
+        _LinearCrossEntropy.apply(h, weight, targets, 256, dtype).backward()
+        grads[dtype] = weight.grad.clone()
+    assert torch.isfinite(grads[torch.float16]).all()
+    assert grads[torch.float32].abs().max() > 65504 / 1024  # the fp16 sum would overflow
+    torch.testing.assert_close(grads[torch.float16], grads[torch.float32], rtol=2e-2, atol=1e-2)

@@ -143,7 +143,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     # bf16 output is slower on CPU: the converting kernel is not vectorised.)
                     g_c = logits[:n].copy_(p) if dtype != torch.float32 else p
                     grad_h[i : i + n] = g_c @ w  # (n, C)
-                    grad_w += g_c.T @ h_c  # (V, C)
+                    if dtype == torch.float16:  # a (V, C) sum over n rows can pass 65504
+                        grad_w.addmm_(g_c.T.float(), h_c.float())
+                    else:
+                        grad_w += g_c.T @ h_c  # (V, C)
             if need_grad:
                 if up != 1.0:
                     grad_h /= up
