@@ -73,6 +73,20 @@ def test_eval_generate_report(tiny_run, capsys):
     assert (tiny_run / "report.md").read_text() == out.rstrip("\n") + "\n"
 
 
+def test_report_skips_null_losses_of_skipped_steps(tiny_run, tmp_path, capsys):
+    """A non-finite loss is logged as null; the report reads around it (no TypeError)."""
+    import shutil
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(r["val_loss"] for r in records if r["kind"] == "val")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({**records[-1], "kind": "val", "val_loss": None}) + "\n")
+    code, out, _ = run_cli(capsys, "report", run, "--out", tmp_path / "r.md")
+    assert code == 0 and f"{best:.4f}" in out
+
+
 def test_help_explains_every_subcommand():
     for args in ([], ["prepare"], ["train"], ["eval"], ["generate"], ["report"]):
         result = subprocess.run(

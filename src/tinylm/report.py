@@ -55,7 +55,9 @@ def summarize(run: RunDir) -> dict[str, Any]:
         "train_seconds": seconds,
         "tokens_per_s": tokens / seconds if tokens and seconds else None,
         "train_loss": meta.get("train_loss", _mean([r["loss"] for r in train[-RECENT_STEPS:]])),
-        "best_val_loss": min((r["val_loss"] for r in val), default=None),
+        "best_val_loss": min(
+            (r["val_loss"] for r in val if r["val_loss"] is not None), default=None
+        ),
         "eval": evals,
     }
 
@@ -117,7 +119,9 @@ def _single_run_details(run: RunDir, s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _mean(values: list[float]) -> float | None:
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the finite values; a skipped (non-finite) step is logged as null."""
+    values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
 

@@ -359,8 +359,15 @@ class Trainer:
         lr = self.schedule.lr_for(self.step, self.tokens_seen)
         finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
         # fp16 only: gradients that overflow the loss scale are GradScaler's routine signal
-        # to lower the scale, not a sign the run is failing; the update is skipped uncounted.
-        overflow = self.scaler.is_enabled() and math.isfinite(step_loss) and not finite
+        # to lower the scale, not a sign the run is failing; the update is skipped uncounted
+        # while the scale is still >= 1 (16 halvings from its start). Below that the
+        # gradients are non-finite on their own, and such steps count as skipped.
+        overflow = (
+            self.scaler.is_enabled()
+            and math.isfinite(step_loss)
+            and not finite
+            and self.scaler.get_scale() >= 1.0
+        )
         if finite:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
