@@ -203,6 +203,11 @@ def test_imported_model_continues_training(tmp_path, capsys, wiki_data):
     before, after = imported.model.state_dict(), trained.model.state_dict()
     # lr 1e-9 barely moves the weights: they are the imported ones, not a fresh init.
     assert max((before[k] - after[k]).abs().max().item() for k in before) < 1e-6
+    # The same command again continues that run (its model section came from init_from).
+    code, _, err = run_cli(
+        capsys, "train", *args, "optim.lr=1e-9", "train.max_steps=3", "--out", tmp_path / "run"
+    )
+    assert code == 2 and "another config (train.max_steps differ)" in err, err
 
 
 def test_exported_run_imports_back_bit_equal(tiny_run, tmp_path):
@@ -324,3 +329,21 @@ def test_missing_transformers_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import now raises ImportError
     code, _, err = run_cli(capsys, "export", tmp_path / "ckpt", tmp_path / "out")
     assert_one_line_error(code, err, "needs transformers: pip install 'tinylm[hf]'")
+
+
+def test_export_refuses_a_dataset_whose_tokenizer_changed_since_training(
+    tiny_run, tmp_path, capsys
+):
+    """The tokenizer shipped must be the one the model learned: a dataset re-prepared with
+    another tokenizer (here: the checkpoint's recorded fingerprint differs) is refused."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    meta_file = (run / "checkpoints" / "latest").resolve() / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["tokenizer"]["fingerprint"] = "0" * 64
+    meta_file.write_text(json.dumps(meta))
+    code, _, err = run_cli(capsys, "export", run, tmp_path / "out")
+    assert_one_line_error(code, err, "the model was trained with gpt2")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

@@ -28,6 +28,7 @@ import torch
 
 from tinylm.atomic import replace_dir, temp_dir_beside
 from tinylm.config import Config
+from tinylm.data.dataset import model_tokenizer
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.errors import TinyLMError
 from tinylm.interop.gpt2 import (
@@ -85,6 +86,8 @@ def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> E
             tmp,
             ckpt.config.model.block_size,
         )
+        if dataset.is_dir():  # refuse a dataset re-prepared with another tokenizer since
+            model_tokenizer(ckpt.meta["tokenizer"], dataset)  # training
         config = gpt2_config(ckpt.config.model, bos_id=tok.eos_id, eos_id=tok.eos_id)
         transformers.GPT2Config(**config).save_pretrained(tmp)
         safetensors.torch.save_file(

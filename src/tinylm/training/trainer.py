@@ -140,7 +140,9 @@ def _resume_point(run: RunDir, config: Config, overwrite: bool, resume: bool) ->
             )
         return resolve_checkpoint(latest)
     saved = load_config(run.config)
-    if config.model.vocab_size == 0:  # "follow the data" was resolved when the run started
+    if config.train.init_from:  # model.* came from that checkpoint when the run started
+        config.model = saved.model
+    elif config.model.vocab_size == 0:  # "follow the data" was resolved when the run started
         config.model = dataclasses.replace(config.model, vocab_size=saved.model.vocab_size)
     if saved != config:
         ours, theirs = config.to_dict(), saved.to_dict()
