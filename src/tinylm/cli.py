@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         if not is_out_of_memory(err):
             raise
-        return _fail(args.command, "out of memory; use a smaller --batch-size or model")
+        return _fail(
+            args.command,
+            "out of memory; use a smaller batch (--batch-size, train.batch_size) or model",
+        )
     except KeyboardInterrupt:
         print(f"tinylm {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
