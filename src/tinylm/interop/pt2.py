@@ -21,6 +21,7 @@ import torch
 from tinylm.atomic import replace_dir, temp_dir_beside
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.interop.hf import PARITY_TOLERANCE, check_output_dir, random_tokens
+from tinylm.interop.tokenizer import manifest_eot_id
 from tinylm.training.checkpoint import load_checkpoint
 
 
@@ -70,9 +71,7 @@ def export_pt2(source: str | Path, out: str | Path, overwrite: bool = False) -> 
 
 def _eot_id(tokenizer: str, dataset: Path) -> int | None:
     """The end-of-text id: from the dataset's manifest, else the named tokenizer's."""
-    manifest = dataset / "manifest.json"
-    if manifest.is_file():
-        eot = json.loads(manifest.read_text()).get("tokenizer", {}).get("eot_id")
-        if isinstance(eot, int):
-            return eot
+    eot = manifest_eot_id(dataset)
+    if eot is not None:
+        return eot
     return get_tokenizer(tokenizer).eot_id if tokenizer == "gpt2" else None

@@ -84,13 +84,21 @@ def _export_tokenizer_json(dataset: Path, out: Path, max_length: int) -> Exporte
     return ExportedTokenizer("tokenizer.json", eos_id)
 
 
-def _eos_id(dataset: Path, raw: Any) -> int:
-    """The end-of-text id: the dataset manifest's eot_id, else the token <|endoftext|>."""
+def manifest_eot_id(dataset: Path) -> int | None:
+    """The end-of-text id a prepared dataset's manifest records, if any."""
     manifest = dataset / "manifest.json"
     if manifest.is_file():
         eot = json.loads(manifest.read_text()).get("tokenizer", {}).get("eot_id")
         if isinstance(eot, int):
             return eot
+    return None
+
+
+def _eos_id(dataset: Path, raw: Any) -> int:
+    """The end-of-text id: the dataset manifest's eot_id, else the token <|endoftext|>."""
+    eot = manifest_eot_id(dataset)
+    if eot is not None:
+        return eot
     eot = raw.token_to_id(EOT)
     if eot is None:
         raise TinyLMError(

@@ -47,7 +47,13 @@ from tinylm.evaluate import EvalResult, evaluate
 from tinylm.loss import chunked_next_token_loss
 from tinylm.model import GPT
 from tinylm.plots import plot_losses
-from tinylm.precision import autocast, grad_scaler, maybe_compile, resolve_precision
+from tinylm.precision import (
+    autocast,
+    configure_threads,
+    grad_scaler,
+    maybe_compile,
+    resolve_precision,
+)
 from tinylm.progress import progress
 from tinylm.rundir import RECENT_STEPS, RunDir
 from tinylm.training.checkpoint import (
@@ -162,8 +168,7 @@ class Trainer:
         self.config, self.run = config, run
         t = config.train
         seed_everything(t.seed)
-        if t.num_threads > 0:
-            torch.set_num_threads(t.num_threads)
+        configure_threads(t.num_threads)
         self.device = resolve_device(t.device)
         self.precision = resolve_precision(t.precision, self.device)
 
