@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from tinylm.atomic import write_atomic
-from tinylm.config import Config, load_config
+from tinylm.config import Config, config_from_dict, load_config
 from tinylm.data.dataset import PreparedDataset
 from tinylm.data.loader import BlockLoader
 from tinylm.data.tokenizer import Tokenizer
@@ -124,6 +124,18 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
     return result
 
 
+def _resolve_model(config: Config) -> None:
+    """Fill in what the model section leaves to others, so the saved config (and a rerun's
+    comparison with it) holds the real values: train.init_from's shape, then the dataset's
+    vocabulary for model.vocab_size=0. Calling it again changes nothing."""
+    if config.train.init_from:
+        meta = read_meta(resolve_checkpoint(Path(config.train.init_from)))
+        config.model = config_from_dict(meta["config"]).model
+    if config.model.vocab_size == 0:
+        vocab_size = PreparedDataset.open(config.data.path).vocab_size
+        config.model = dataclasses.replace(config.model, vocab_size=vocab_size)
+
+
 def _resume_point(run: RunDir, config: Config, overwrite: bool, resume: bool) -> Path | None:
     """The checkpoint to continue from, None for a fresh start; or a clear refusal."""
     path = run.path
@@ -146,10 +158,7 @@ def _resume_point(run: RunDir, config: Config, overwrite: bool, resume: bool) ->
             )
         return resolve_checkpoint(latest)
     saved = load_config(run.config)
-    if config.train.init_from:  # model.* came from that checkpoint when the run started
-        config.model = saved.model
-    elif config.model.vocab_size == 0:  # "follow the data" was resolved when the run started
-        config.model = dataclasses.replace(config.model, vocab_size=saved.model.vocab_size)
+    _resolve_model(config)  # as the run's config.yaml holds it
     if saved != config:
         ours, theirs = config.to_dict(), saved.to_dict()
         diffs = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k)]
@@ -179,9 +188,7 @@ class Trainer:
         if self.init is not None:
             tok = self.init.meta["tokenizer"]
             self.dataset.check_tokenizer(tok["fingerprint"], tok["name"], t.init_from)
-            config.model = self.init.config.model
-        if config.model.vocab_size == 0:  # follow the dataset's tokenizer
-            config.model = dataclasses.replace(config.model, vocab_size=self.dataset.vocab_size)
+        _resolve_model(config)  # a no-op when a rerun's comparison resolved it already
         if config.model.vocab_size != self.tokenizer.vocab_size:
             raise TinyLMError(
                 f"model.vocab_size={config.model.vocab_size} but {self.dataset.path} uses "
