@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tinylm import __version__
 from tinylm.errors import TinyLMError, is_out_of_memory
+from tinylm.rundir import RunDir
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -277,12 +278,6 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
-def _run_dir_of(checkpoint: Path) -> Path | None:
-    """The run directory a checkpoint belongs to, if it is inside one (to record results)."""
-    run_dir = checkpoint.parent.parent
-    return run_dir if (run_dir / "config.yaml").is_file() else None
-
-
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--text-field",
@@ -425,7 +420,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from tinylm.plots import plot_losses
-    from tinylm.rundir import RunDir
 
     runs = [RunDir(path) for path in args.runs]
     for run in runs:
@@ -468,9 +462,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results[key] = {**r.to_dict(), "dataset": str(dataset.path), "step": ckpt.meta["step"]}
         bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte is not None else "-"
         print(f"{split:>6} {r.tokens:>10,} {r.loss:>8.4f} {r.perplexity:>11.2f} {bpb:>10}")
-    run_dir = _run_dir_of(ckpt.path)
-    if run_dir is not None:
-        eval_file = run_dir / "eval.json"
+    run = RunDir.of_checkpoint(ckpt.path)
+    if run is not None:
+        eval_file = run.eval_results
         previous = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
         write_atomic(eval_file, json.dumps({**previous, **results}, indent=2) + "\n")
     return 0
@@ -558,9 +552,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for i, text in enumerate(samples):
             print(f"--- sample {i + 1} (seed {args.seed}, temperature {args.temperature}) ---")
             print(text)
-    run_dir = _run_dir_of(ckpt.path)
-    if run_dir is not None:
-        with open(run_dir / "samples.txt", "a") as f:
+    run = RunDir.of_checkpoint(ckpt.path)
+    if run is not None:
+        with open(run.samples, "a") as f:
             for i, text in enumerate(samples):
                 f.write(
                     f"--- step {ckpt.meta['step']} sample {i + 1} seed {args.seed} "
@@ -573,7 +567,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tinylm.atomic import write_atomic
     from tinylm.report import build_report
-    from tinylm.rundir import RunDir
 
     text = build_report([RunDir(p) for p in args.runs])
     print(text)

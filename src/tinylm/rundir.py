@@ -28,6 +28,12 @@ RECENT_STEPS = 50
 class RunDir:
     path: Path
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> RunDir | None:
+        """The run a checkpoint (RUN/checkpoints/NAME) belongs to, if it is inside one."""
+        run = cls(checkpoint.resolve().parent.parent)
+        return run if run.config.is_file() else None
+
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"

@@ -27,7 +27,7 @@ def write_model_card(ckpt: Checkpoint, path: Path, tokenizer_kind: str, max_diff
 
 
 def model_card(ckpt: Checkpoint, tokenizer_kind: str, max_diff: float) -> str:
-    run = find_run_dir(ckpt.path)
+    run = RunDir.of_checkpoint(ckpt.path)
     name = run.path.name if run else ckpt.path.name
     m, meta = ckpt.config.model, ckpt.meta
     sections = [
@@ -48,15 +48,6 @@ def model_card(ckpt: Checkpoint, tokenizer_kind: str, max_diff: float) -> str:
         f"{__version__} from `{ckpt.path}`.\n",
     ]
     return "\n".join(sections)
-
-
-def find_run_dir(checkpoint: Path) -> RunDir | None:
-    """The run directory a checkpoint lives in (a few levels up), if any."""
-    for parent in list(checkpoint.resolve().parents)[:3]:
-        run = RunDir(parent)
-        if run.config.is_file() and run.metrics.is_file():
-            return run
-    return None
 
 
 def _model_section(ckpt: Checkpoint, tokenizer_kind: str) -> str:
