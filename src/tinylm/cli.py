@@ -6,7 +6,8 @@
     tinylm train [CONFIG.yaml] [k=v...] --out RUN [--resume]
     tinylm eval RUN [--split val test]        loss, perplexity, bits per byte
     tinylm generate RUN --prompt TEXT...      sample text (KV cache, batch, streaming)
-    tinylm report RUN...                      results table (Markdown)
+    tinylm report RUN... [--out FILE.md]      results table (Markdown, CSV, loss plots)
+    tinylm sweep SWEEP.yaml [--scale S]       many runs from one file, resumable, + report
     tinylm plot RUN... [--out PNG]            train/val loss curves of one or many runs
     tinylm export RUN --format hf OUT         transformers model directory (or pt2)
     tinylm import HF_DIR --out CKPT           GPT-2-format transformers dir -> checkpoint
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,7 +34,13 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `section.key=value` settings may also follow options (`--scale cpu train.seed=1`).
+    late = getattr(args, "settings_attr", None)
+    if extra and late and all("=" in e and not e.startswith("-") for e in extra):
+        setattr(args, late, getattr(args, late) + extra)
+    elif extra:
+        parser.parse_args(argv)  # argparse's own message and exit 2
     try:
         return args.func(args) or 0
     except TinyLMError as err:
@@ -153,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --out from its latest checkpoint; its config.yaml is the "
         "base the given config/overrides change (e.g. a larger train.max_steps)",
     )
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, settings_attr="settings")
 
     p = sub.add_parser(
         "eval",
@@ -219,13 +227,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="summarise one or more runs as a Markdown table",
+        help="summarise one or more runs as a Markdown table (and CSV, plots)",
         description="Read run directories (config, metrics, checkpoint, eval.json, samples) "
-        "and print a Markdown results table. With one run it is also saved as RUN/report.md.",
+        "and print a Markdown results table. With one run it is also saved as RUN/report.md. "
+        "--out FILE.md writes the report there with FILE.csv (raw numbers) and two PNGs "
+        "beside it: train/val loss against tokens seen and against wall time.",
     )
     p.add_argument("runs", nargs="+", type=Path, help="run directories")
-    p.add_argument("--out", type=Path, help="also write the report to this file")
+    p.add_argument(
+        "--out", type=Path, help="write FILE.md, FILE.csv and FILE-loss-vs-{tokens,time}.png"
+    )
+    p.add_argument("--title", default="tinylm results", help="the report's heading")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run every configuration of a sweep file (resumable), then report",
+        description="Expand a sweep YAML (a base config with a grid and/or list of overrides, "
+        "optional named scales) into runs OUT/NAME, named after what differs. Each run is "
+        "`tinylm train` then `tinylm eval` in its own process: finished runs are skipped, "
+        "interrupted ones resumed. Ends with OUT/report.md, report.csv and loss plots. "
+        "Format: docs/experiments.md.",
+    )
+    p.add_argument("sweep", type=Path, help="sweep YAML file")
+    p.add_argument("overrides", nargs="*", help="section.key=value for every run")
+    p.add_argument("--scale", help="one of the file's named scales (e.g. cpu)")
+    p.add_argument("--out", type=Path, help="directory of the runs (default: the file's out)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs at once, as separate processes (default: 1)"
+    )
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, their state and commands")
+    p.set_defaults(func=cmd_sweep, settings_attr="overrides")
 
     p = sub.add_parser(
         "plot",
@@ -566,15 +599,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tinylm.atomic import write_atomic
-    from tinylm.report import build_report
+    from tinylm.report import build_report, write_report
 
-    text = build_report([RunDir(p) for p in args.runs])
+    runs = [RunDir(p) for p in args.runs]
+    text = build_report(runs, title=args.title)  # reads (and checks) every run first
     print(text)
-    if len(args.runs) == 1:
-        write_atomic(RunDir(args.runs[0]).report, text)
+    if len(runs) == 1:
+        write_atomic(runs[0].report, text)
     if args.out:
-        write_atomic(args.out, text)
+        written = write_report(runs, args.out, args.title)
+        print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tinylm.report import write_report
+    from tinylm.sweep import check_configs, load_sweep, run_sweep
+
+    if args.jobs < 1:
+        raise TinyLMError("--jobs must be at least 1")
+    sweep = load_sweep(args.sweep, args.scale, args.overrides, args.out)
+    if args.dry_run:
+        check_configs(sweep)
+        for run in sweep.runs:
+            print(f"{run.name}: {run.status(sweep.eval_splits)}")
+            print(f"  tinylm {shlex.join(sweep.train_command(run)[3:])}")
+        return 0
+    code = run_sweep(sweep, args.jobs, args.only)
+    runs = [RunDir(r.out) for r in sweep.runs if RunDir(r.out).config.is_file()]
+    if runs and code != 130:
+        title = f"sweep {args.sweep.name}" + (f" (scale {args.scale})" if args.scale else "")
+        written = write_report(runs, sweep.out / "report.md", title)
+        print(f"wrote {', '.join(str(p) for p in written)}")
+    return code
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -11,26 +11,38 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tinylm.rundir import RunDir  # noqa: E402
 
+X_AXES = {"tokens": "tokens seen", "elapsed_s": "wall time (minutes, validation included)"}
 
-def plot_losses(runs: list[RunDir], out: Path, smoothing: float = 0.9) -> None:
+
+def plot_losses(runs: list[RunDir], out: Path, smoothing: float = 0.9, x: str = "tokens") -> None:
     """Train loss (raw, faint; and an exponential moving average) and validation loss
-    against tokens seen, one colour per run, into a PNG."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    against tokens seen (x="tokens") or wall time (x="elapsed_s"), one colour per run,
+    into a PNG."""
+    scale = 1 / 60 if x == "elapsed_s" else 1
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
+        style = ("-", "-.", ":")[i // 10 % 3]  # more than 10 runs: colours repeat
         records = run.read_metrics()
         # A skipped (non-finite) step's loss is null.
         train = [r for r in records if r.get("kind") == "train" and r.get("loss") is not None]
         val = [r for r in records if r.get("kind") == "val" and r.get("val_loss") is not None]
         label = run.path.name
         if train:
-            x = [r["tokens"] for r in train]
+            xs = [r[x] * scale for r in train]
             y = [r["loss"] for r in train]
-            ax.plot(x, y, color=color, alpha=0.2, linewidth=0.8)
-            ax.plot(x, _ema(y, smoothing), color=color, linewidth=1.5, label=f"{label} train (EMA)")
+            ax.plot(xs, y, color=color, alpha=0.2, linewidth=0.8)
+            ax.plot(
+                xs,
+                _ema(y, smoothing),
+                color=color,
+                linestyle=style,
+                linewidth=1.5,
+                label=f"{label} train (EMA)",
+            )
         if val:
             ax.plot(
-                [r["tokens"] for r in val],
+                [r[x] * scale for r in val],
                 [r["val_loss"] for r in val],
                 color=color,
                 linestyle="--",
@@ -38,11 +50,11 @@ def plot_losses(runs: list[RunDir], out: Path, smoothing: float = 0.9) -> None:
                 markersize=4,
                 label=f"{label} val",
             )
-    ax.set_xlabel("tokens seen")
+    ax.set_xlabel(X_AXES[x])
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title("tinylm loss curves")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small" if len(runs) <= 6 else "x-small", ncol=1 + len(runs) // 8)
     fig.tight_layout()
     tmp = out.with_name(f".{out.stem}.tmp.png")
     fig.savefig(tmp)

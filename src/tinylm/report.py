@@ -7,12 +7,16 @@ val/test loss, perplexity and bits per byte from `tinylm eval` (RUN/eval.json).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tinylm.atomic import write_atomic
 from tinylm.errors import TinyLMError
 from tinylm.rundir import RECENT_STEPS, RunDir
 
@@ -21,6 +25,7 @@ COLUMNS = (
     "params",
     "tokens",
     "train time",
+    "wall time",
     "tokens/s",
     f"train loss (last {RECENT_STEPS} steps)",
     "best val loss (periodic)",
@@ -53,6 +58,8 @@ def summarize(run: RunDir) -> dict[str, Any]:
         "params": meta.get("num_parameters"),
         "tokens": tokens,
         "train_seconds": seconds,
+        "wall_seconds": meta.get("elapsed_s", last.get("elapsed_s")),
+        "stop_reason": meta.get("stop_reason"),
         "tokens_per_s": tokens / seconds if tokens and seconds else None,
         "train_loss": meta.get("train_loss", _mean([r["loss"] for r in train[-RECENT_STEPS:]])),
         "best_val_loss": min(
@@ -62,9 +69,44 @@ def summarize(run: RunDir) -> dict[str, Any]:
     }
 
 
-def build_report(runs: list[RunDir]) -> str:
+CSV_COLUMNS = (
+    "run",
+    "settings",
+    "params",
+    "tokens",
+    "train_seconds",
+    "wall_seconds",
+    "tokens_per_s",
+    "train_loss",
+    "best_val_loss",
+    "val_loss",
+    "val_ppl",
+    "val_bpb",
+    "test_loss",
+    "test_ppl",
+    "test_bpb",
+    "stop_reason",
+    "path",
+)
+
+
+def differing_settings(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run, the config values that are not the same in every run ({} for one run)."""
+    flat = [
+        {f"{sec}.{k}": v for sec, fields in s["config"].items() for k, v in fields.items()}
+        for s in summaries
+    ]
+    keys = [k for k in flat[0] if len({json.dumps(f.get(k)) for f in flat}) > 1] if flat else []
+    return [{k: f.get(k) for k in keys} for f in flat]
+
+
+def build_report(
+    runs: list[RunDir], plots: list[str] | None = None, title: str = "tinylm results"
+) -> str:
+    """The Markdown report; `plots` are image paths (relative to the report) to embed."""
     summaries = [summarize(run) for run in runs]
-    lines = ["# tinylm results", ""]
+    settings = differing_settings(summaries)
+    lines = [f"# {title}", ""]
     lines.append("| " + " | ".join(COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     for s in summaries:
@@ -74,6 +116,7 @@ def build_report(runs: list[RunDir]) -> str:
             _millions(s["params"]),
             _millions(s["tokens"]),
             _minutes(s["train_seconds"]),
+            _minutes(s["wall_seconds"]),
             _num(s["tokens_per_s"], "{:,.0f}"),
             _num(s["train_loss"], "{:.4f}"),
             _num(s["best_val_loss"], "{:.4f}"),
@@ -89,8 +132,18 @@ def build_report(runs: list[RunDir]) -> str:
     lines += [
         "",
         "Loss is cross-entropy in nats per token; perplexity = exp(loss); val/test columns "
-        "cover whole splits (`tinylm eval`), 'best val loss' the periodic checks on fixed batches.",
+        "cover whole splits (`tinylm eval`), 'best val loss' the periodic checks on fixed batches; "
+        "bpb = bits per UTF-8 byte of text, comparable across tokenizers. Train time excludes "
+        "validation, wall time includes it; tokens/s = tokens / train time.",
     ]
+    if any(settings):
+        lines += ["", "## What differs between the runs", ""]
+        lines += [
+            f"- **{s['run']}**: {_settings_text(d)}"
+            for s, d in zip(summaries, settings, strict=True)
+        ]
+    for plot in plots or []:
+        lines += ["", f"![loss curves]({plot})"]
     if len(summaries) == 1:
         lines += _single_run_details(runs[0], summaries[0])
     return "\n".join(lines) + "\n"
@@ -117,6 +170,65 @@ def _single_run_details(run: RunDir, s: dict[str, Any]) -> list[str]:
         samples = run.samples.read_text().strip()
         lines += ["", "## Samples", "", "```", samples[-3000:], "```"]
     return lines
+
+
+def csv_rows(runs: list[RunDir]) -> list[dict[str, Any]]:
+    """One row of raw numbers per run (CSV_COLUMNS), for spreadsheets and scripts."""
+    summaries = [summarize(run) for run in runs]
+    rows = []
+    for run, s, d in zip(runs, summaries, differing_settings(summaries), strict=True):
+        ev = s["eval"]
+        row = {
+            "run": s["run"],
+            "settings": _settings_text(d),
+            "params": s["params"],
+            "tokens": s["tokens"],
+            "train_seconds": s["train_seconds"],
+            "wall_seconds": s["wall_seconds"],
+            "tokens_per_s": s["tokens_per_s"],
+            "train_loss": s["train_loss"],
+            "best_val_loss": s["best_val_loss"],
+            "stop_reason": s["stop_reason"],
+            "path": str(run.path),
+        }
+        for split in ("val", "test"):
+            r = ev.get(split, {})
+            row[f"{split}_loss"] = r.get("loss")
+            row[f"{split}_ppl"] = r.get("perplexity")
+            row[f"{split}_bpb"] = r.get("bits_per_byte")
+        rows.append(row)
+    return rows
+
+
+def write_report(runs: list[RunDir], out: Path, title: str = "tinylm results") -> list[Path]:
+    """OUT.md with its table and plots, beside it OUT.csv and two PNGs: loss against
+    tokens seen and against wall time, all runs on each. Returns the files written."""
+    from tinylm.plots import plot_losses
+
+    out = out.with_suffix(".md")
+    written = []
+    plots = []
+    for axis, suffix in (("tokens", "tokens"), ("elapsed_s", "time")):
+        png = out.with_name(f"{out.stem}-loss-vs-{suffix}.png")
+        plot_losses(runs, png, x=axis)
+        plots.append(png.name)
+        written.append(png)
+    csv_file = out.with_suffix(".csv")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(runs))
+    write_atomic(csv_file, buffer.getvalue())
+    write_atomic(out, build_report(runs, plots, title))
+    return [out, csv_file, *written]
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_value(v)}" for k, v in settings.items())
+
+
+def _value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _mean(values: list[float | None]) -> float | None:

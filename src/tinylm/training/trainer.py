@@ -103,6 +103,15 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
     """
     run = RunDir(Path(out))
     checkpoint = _resume_point(run, config, overwrite, resume)
+    if checkpoint is not None and not resume:
+        meta = read_meta(checkpoint)
+        if meta.get("stop_reason") in FINISHED:
+            # Re-running a finished run's command (a sweep does) changes nothing.
+            _print(
+                f"{run.path}: finished already ({meta['stop_reason']} at step {meta['step']:,}); "
+                "nothing to do (--resume with a larger budget continues it)"
+            )
+            return _finished_result(run, meta)
     fresh = checkpoint is None
     trainer = Trainer(config, run, checkpoint)  # validates everything before any write
     # An earlier run being overwritten is kept aside until this one has its checkpoint.
@@ -122,6 +131,25 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
     finally:
         shutil.rmtree(previous, ignore_errors=True)  # gone already if it was put back
     return result
+
+
+FINISHED = ("budget", "early_stop")
+"""Stop reasons of a run that is done (a signal's stop is an interruption)."""
+
+
+def _finished_result(run: RunDir, meta: dict[str, Any]) -> TrainResult:
+    val = meta.get("val")
+    return TrainResult(
+        run,
+        meta["step"],
+        meta["tokens_seen"],
+        meta["train_seconds"],
+        meta["train_loss"],
+        EvalResult(**val) if val else None,
+        interrupted=False,
+        stop_reason=meta["stop_reason"],
+        resumed_from=meta["step"],
+    )
 
 
 def _resolve_model(config: Config) -> None:
@@ -248,6 +276,7 @@ class Trainer:
         self.start = 0.0
         self.eval_seconds = 0.0  # excluded from tokens/s, which measures training alone
         self.stop_signal = 0
+        self.stop_reason: str | None = None  # set when the loop ends; saved in the last meta
 
     # --- the two pieces a performance change replaces -----------------------------------
 
@@ -312,6 +341,7 @@ class Trainer:
                     self._update_bar(bar, deadline)
                 bar.total = self.step  # the budget that ended the run may not be the planned one
                 bar.refresh()
+            self.stop_reason = stop_reason
             if self.step:
                 # The final validation (unless this step had one); a signal saves at once,
                 # as a preempted job may have only seconds left.
@@ -496,6 +526,7 @@ class Trainer:
             "tokenizer": {"name": self.tokenizer.name, "fingerprint": self.tokenizer.fingerprint},
             "num_parameters": self.model.num_parameters(),
             "interrupted": bool(self.stop_signal),
+            "stop_reason": self.stop_reason,
             "trainer": {
                 "recent_losses": list(self.recent_losses),
                 "val_step": self.val_step,

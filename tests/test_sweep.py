@@ -1,0 +1,222 @@
+"""`tinylm sweep` and multi-run reports: expansion and naming, a real two-run sweep
+interrupted and resumed, and a report whose numbers are checked against the run dirs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_OVERRIDES
+
+from tinylm.cli import main
+from tinylm.errors import TinyLMError
+from tinylm.sweep import load_sweep
+
+STEPS = 12
+
+
+def write_sweep(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_list_and_scale_expand_to_named_runs_in_override_order(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("optim:\n  lr: 1.0e-3\n")
+    sweep_file = write_sweep(
+        tmp_path / "s.yaml",
+        {
+            "base": "base.yaml",
+            "out": str(tmp_path / "runs"),
+            "set": {"train.epochs": 1},
+            "runs": [{"name": "small"}, {"name": "wide", "model.n_embd": 256}],
+            "grid": {"train.seed": [0, 1]},
+            "scales": {"cpu": {"set": {"train.epochs": 3}}},
+        },
+    )
+    sweep = load_sweep(sweep_file, scale="cpu", extra=["train.device=cpu"])
+    assert sweep.base == base
+    assert sweep.out == tmp_path / "runs-cpu"  # a scale's runs go beside the others
+    names = [r.name for r in sweep.runs]
+    assert names == ["small_seed-0", "small_seed-1", "wide_seed-0", "wide_seed-1"]
+    wide1 = sweep.runs[3]
+    # common set, the run's own settings, its grid point, the scale, the command line
+    assert wide1.overrides == [
+        "train.epochs=1",
+        "model.n_embd=256",
+        "train.seed=1",
+        "train.epochs=3",
+        "train.device=cpu",
+    ]
+    assert wide1.out == tmp_path / "runs-cpu" / "wide_seed-1"
+    assert load_sweep(sweep_file).out == tmp_path / "runs"
+
+
+def test_unnamed_runs_are_named_after_what_differs(tmp_path):
+    sweep_file = write_sweep(
+        tmp_path / "s.yaml",
+        {
+            "set": {"train.epochs": 1},
+            "grid": {
+                "optim.lr": [5.0e-4, 1.0e-3],
+                "model.dropout": [0.0],
+                "optim.schedule": ["wsd"],
+            },
+        },
+    )
+    sweep = load_sweep(sweep_file)
+    assert [r.name for r in sweep.runs] == ["lr-0.0005", "lr-0.001"]
+    assert sweep.out == Path("runs/s")
+    assert load_sweep(sweep_file, out=tmp_path / "o").runs[0].out == tmp_path / "o" / "lr-0.0005"
+
+
+@pytest.mark.parametrize(
+    ("spec", "scale", "message"),
+    [
+        ({"grid": {"optim.lr": 0.1}}, None, "grid.optim.lr must be a non-empty list"),
+        ({"runs": [{"optim.lr": 1}, {"optim.lr": 1}]}, None, "both be named"),
+        ({"runs": [{}], "sets": {}}, None, "unknown key(s) sets"),
+        ({"scales": {"cpu": {}}}, "gpu", "no scale 'gpu' (scales: cpu)"),
+        ({"base": "missing.yaml"}, None, "does not exist"),
+        ({"prepare": "prepare builtin:wiki"}, None, "must name its --out"),
+    ],
+)
+def test_bad_sweep_files_are_refused_in_one_line(tmp_path, spec, scale, message):
+    sweep_file = write_sweep(tmp_path / "s.yaml", spec)
+    with pytest.raises(TinyLMError) as err:
+        load_sweep(sweep_file, scale=scale)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_setting_fails_before_any_run_starts(tmp_path, capsys):
+    sweep_file = write_sweep(
+        tmp_path / "s.yaml",
+        {"out": str(tmp_path / "runs"), "runs": [{"optim.lr": 1e-3}, {"optim.lrr": 1e-3}]},
+    )
+    assert main(["sweep", str(sweep_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinylm sweep: error: run lrr-0.001: ") and "lrr" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_resumes_after_interruption_and_reports_both_runs(wiki_data, tmp_path):
+    out = tmp_path / "runs"
+    sweep_file = write_sweep(
+        tmp_path / "tiny.yaml",
+        {
+            "out": str(out),
+            "eval": ["val", "test"],
+            "set": {
+                "data.path": str(wiki_data),
+                **dict(o.split("=", 1) for o in TINY_OVERRIDES),
+                "train.max_steps": STEPS,
+                "train.eval_interval": 6,
+                "train.checkpoint_interval": 2,
+                "train.num_threads": 1,
+                "train.tensorboard": False,
+            },
+            "grid": {"optim.lr": [1.0e-3, 3.0e-3]},
+        },
+    )
+    cmd = [sys.executable, "-m", "tinylm", "sweep", str(sweep_file)]
+    first, second = out / "lr-0.001", out / "lr-0.003"
+
+    # 1. Ctrl-C while the first run trains: it saves a checkpoint, the sweep stops (130).
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoints" / "latest").exists() or train_steps(first)[-1:] < [3]:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; run the same command to resume" in err and "Traceback" not in err
+    stopped = meta(first)
+    assert stopped["interrupted"] and stopped["stop_reason"] == "signal"
+    assert stopped["step"] < STEPS and not second.exists()
+
+    # 2. The same command resumes the first run and runs the second.
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "lr-0.001: interrupted earlier, resuming" in done.stderr
+    assert f"resumed at step {stopped['step']}" in done.stderr
+    assert "lr-0.003: starting" in done.stderr
+    for run in (first, second):
+        assert train_steps(run) == list(range(1, STEPS + 1))  # no step lost or repeated
+        assert meta(run)["stop_reason"] == "budget"
+
+    # 3. Once more: nothing left to do; the run directories are untouched.
+    before = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "report" not in p.name
+    }
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("finished and evaluated, skipping") == 2
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+    # 4. The report's numbers are those in each run directory.
+    rows = {r["run"]: r for r in csv.DictReader((out / "report.csv").open())}
+    report_md = (out / "report.md").read_text()
+    assert set(rows) == {"lr-0.001", "lr-0.003"}
+    for run in (first, second):
+        row, m = rows[run.name], meta(run)
+        evals = json.loads((run / "eval.json").read_text())
+        vals = [r["val_loss"] for r in records(run) if r["kind"] == "val"]
+        assert int(row["tokens"]) == m["tokens_seen"] == STEPS * 8 * 32
+        assert int(row["params"]) == m["num_parameters"]
+        assert float(row["train_loss"]) == pytest.approx(m["train_loss"], rel=1e-12)
+        assert float(row["best_val_loss"]) == pytest.approx(min(vals), rel=1e-12)
+        for split in ("val", "test"):
+            assert float(row[f"{split}_loss"]) == pytest.approx(evals[split]["loss"], rel=1e-12)
+            assert float(row[f"{split}_bpb"]) == pytest.approx(
+                evals[split]["bits_per_byte"], rel=1e-12
+            )
+            assert f"{evals[split]['loss']:.4f}" in report_md
+        assert row["settings"] == f"optim.lr={m_lr(run)}"
+    assert rows["lr-0.001"]["val_loss"] != rows["lr-0.003"]["val_loss"]
+    for png in ("report-loss-vs-tokens.png", "report-loss-vs-time.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in report_md
+
+
+def test_rerunning_a_finished_run_changes_nothing(tiny_run, capsys):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    files = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file()}
+    settings = [f"{s}.{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                for s, fields in config.items() for k, v in fields.items()]  # fmt: skip
+    assert main(["train", *settings, "--out", str(tiny_run)]) == 0
+    assert "finished already (budget at step 30)" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_steps(run: Path) -> list[int]:
+    if not (run / "metrics.jsonl").is_file():
+        return []
+    steps = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            break
+        if record["kind"] == "train":
+            steps.append(record["step"])
+    return steps
+
+
+def meta(run: Path) -> dict:
+    return json.loads((run / "checkpoints" / "latest" / "meta.json").read_text())
+
+
+def m_lr(run: Path) -> str:
+    return f"{yaml.safe_load((run / 'config.yaml').read_text())['optim']['lr']:g}"
