@@ -220,3 +220,17 @@ def meta(run: Path) -> dict:
 
 def m_lr(run: Path) -> str:
     return f"{yaml.safe_load((run / 'config.yaml').read_text())['optim']['lr']:g}"
+
+
+def test_a_run_directory_with_another_config_is_refused(tiny_run, wiki_data):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    same = {f"{s}.{k}": v for s, fields in config.items() for k, v in fields.items()}
+    sweep_file = write_sweep(
+        tiny_run.parent / "s.yaml",
+        {"out": str(tiny_run.parent), "runs": [{"name": "tiny", **same}]},
+    )
+    sweep = load_sweep(sweep_file)
+    assert sweep.status(sweep.runs[0]) in ("trained", "done")  # same config: accepted
+    changed = load_sweep(sweep_file, extra=["optim.lr=0.01"])
+    with pytest.raises(TinyLMError, match=r"holds a run with another config \(optim.lr differ\)"):
+        changed.status(changed.runs[0])

@@ -622,7 +622,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         check_configs(sweep)
         for run in sweep.runs:
-            print(f"{run.name}: {run.status(sweep.eval_splits)}")
+            print(f"{run.name}: {sweep.status(run)}")
             print(f"  tinylm {shlex.join(sweep.train_command(run)[3:])}")
         return 0
     code = run_sweep(sweep, args.jobs, args.only)

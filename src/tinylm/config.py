@@ -265,6 +265,12 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return Config(**{name: _build(cls, raw[name], name) for name, cls in SECTIONS.items()})
 
 
+def config_differences(ours: Config, theirs: Config) -> list[str]:
+    """The `section.key` names whose values differ between two configs."""
+    a, b = ours.to_dict(), theirs.to_dict()
+    return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b.get(s, {}).get(k)]
+
+
 def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 

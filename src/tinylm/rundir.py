@@ -21,6 +21,8 @@ from typing import Any
 from tinylm.errors import TinyLMError
 
 RECENT_STEPS = 50
+FINISHED = ("budget", "early_stop")
+"""A checkpoint meta's stop_reason when the run is done (a signal's stop is an interruption)."""
 """The reported train loss is the mean of this many last steps (one batch is noisy)."""
 
 

@@ -37,9 +37,9 @@ from typing import Any
 
 import yaml
 
-from tinylm.config import load_config
+from tinylm.config import config_differences, load_config
 from tinylm.errors import TinyLMError
-from tinylm.rundir import RunDir
+from tinylm.rundir import FINISHED, RunDir
 
 SWEEP_KEYS = {"base", "out", "eval", "prepare", "set", "grid", "runs", "scales"}
 SCALE_KEYS = {"out", "prepare", "set", "grid"}
@@ -52,19 +52,6 @@ class SweepRun:
     overrides: list[str]
     """`section.key=value` strings after the base file, in the order they apply."""
     out: Path
-
-    def status(self, eval_splits: list[str]) -> str:
-        """'done', 'trained' (evaluation missing), 'partial' (resumable) or 'new'."""
-        run = RunDir(self.out)
-        meta_file = run.latest_checkpoint / "meta.json"
-        if not meta_file.is_file():
-            return "new"
-        meta = json.loads(meta_file.read_text())
-        if meta.get("stop_reason") not in ("budget", "early_stop"):
-            return "partial"
-        if eval_splits and not _evaluated(run, eval_splits, meta_file):
-            return "trained"
-        return "done"
 
 
 @dataclass
@@ -83,6 +70,31 @@ class Sweep:
 
     def eval_command(self, run: SweepRun) -> list[str]:
         return [*_tinylm(), "eval", str(run.out), "--split", *self.eval_splits]
+
+    def status(self, run: SweepRun) -> str:
+        """'done', 'trained' (evaluation missing), 'partial' (resumable) or 'new'; a run
+        directory that holds another config than the sweep's is refused."""
+        rundir = RunDir(run.out)
+        if rundir.config.is_file():
+            from tinylm.training.trainer import resolve_model  # torch: only when needed
+
+            wanted = load_config(self.base, run.overrides)
+            resolve_model(wanted)  # as the run's config.yaml holds it
+            diffs = config_differences(wanted, load_config(rundir.config))
+            if diffs:
+                raise TinyLMError(
+                    f"run {run.name}: {run.out} holds a run with another config "
+                    f"({', '.join(diffs[:3])} differ); remove that directory or rename the run"
+                )
+        meta_file = rundir.latest_checkpoint / "meta.json"
+        if not meta_file.is_file():
+            return "new"
+        meta = json.loads(meta_file.read_text())
+        if meta.get("stop_reason") not in FINISHED:
+            return "partial"
+        if self.eval_splits and not _evaluated(rundir, self.eval_splits, meta_file):
+            return "trained"
+        return "done"
 
 
 def load_sweep(
@@ -176,7 +188,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: list[str] | None = None) -> int
     _prepare_data(sweep)
     queue: list[tuple[SweepRun, list[list[str]]]] = []
     for run in runs:
-        status = run.status(sweep.eval_splits)
+        status = sweep.status(run)
         print(f"sweep: {run.name}: {STATUS_WORDS[status]}", file=sys.stderr)
         steps = [] if status in ("done", "trained") else [sweep.train_command(run)]
         if status != "done" and sweep.eval_splits:

@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from tinylm.atomic import write_atomic
-from tinylm.config import Config, config_from_dict, load_config
+from tinylm.config import Config, config_differences, config_from_dict, load_config
 from tinylm.data.dataset import PreparedDataset
 from tinylm.data.loader import BlockLoader
 from tinylm.data.tokenizer import Tokenizer
@@ -55,7 +55,7 @@ from tinylm.precision import (
     resolve_precision,
 )
 from tinylm.progress import progress
-from tinylm.rundir import RECENT_STEPS, RunDir
+from tinylm.rundir import FINISHED, RECENT_STEPS, RunDir
 from tinylm.training.checkpoint import (
     BEST,
     LATEST,
@@ -133,10 +133,6 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
     return result
 
 
-FINISHED = ("budget", "early_stop")
-"""Stop reasons of a run that is done (a signal's stop is an interruption)."""
-
-
 def _finished_result(run: RunDir, meta: dict[str, Any]) -> TrainResult:
     val = meta.get("val")
     return TrainResult(
@@ -152,7 +148,7 @@ def _finished_result(run: RunDir, meta: dict[str, Any]) -> TrainResult:
     )
 
 
-def _resolve_model(config: Config) -> None:
+def resolve_model(config: Config) -> None:
     """Fill in what the model section leaves to others, so the saved config (and a rerun's
     comparison with it) holds the real values: train.init_from's shape, then the dataset's
     vocabulary for model.vocab_size=0. Calling it again changes nothing."""
@@ -186,10 +182,9 @@ def _resume_point(run: RunDir, config: Config, overwrite: bool, resume: bool) ->
             )
         return resolve_checkpoint(latest)
     saved = load_config(run.config)
-    _resolve_model(config)  # as the run's config.yaml holds it
+    resolve_model(config)  # as the run's config.yaml holds it
     if saved != config:
-        ours, theirs = config.to_dict(), saved.to_dict()
-        diffs = [f"{s}.{k}" for s in ours for k in ours[s] if ours[s][k] != theirs[s].get(k)]
+        diffs = config_differences(config, saved)
         raise TinyLMError(
             f"{path}: run directory already exists with another config ({', '.join(diffs[:3])} "
             "differ); pass --resume to continue it with these settings, --overwrite to start "
@@ -216,7 +211,7 @@ class Trainer:
         if self.init is not None:
             tok = self.init.meta["tokenizer"]
             self.dataset.check_tokenizer(tok["fingerprint"], tok["name"], t.init_from)
-        _resolve_model(config)  # a no-op when a rerun's comparison resolved it already
+        resolve_model(config)  # a no-op when a rerun's comparison resolved it already
         if config.model.vocab_size != self.tokenizer.vocab_size:
             raise TinyLMError(
                 f"model.vocab_size={config.model.vocab_size} but {self.dataset.path} uses "
