@@ -9,25 +9,30 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tinylm.rundir import RunDir  # noqa: E402
+from tinylm.rundir import RunDir, run_labels  # noqa: E402
 
 X_AXES = {"tokens": "tokens seen", "elapsed_s": "wall time (minutes, validation included)"}
 
 
-def plot_losses(runs: list[RunDir], out: Path, smoothing: float = 0.9, x: str = "tokens") -> None:
+def plot_losses(
+    runs: list[RunDir],
+    out: Path,
+    smoothing: float = 0.9,
+    x: str = "tokens",
+    title: str = "tinylm loss curves",
+) -> None:
     """Train loss (raw, faint; and an exponential moving average) and validation loss
     against tokens seen (x="tokens") or wall time (x="elapsed_s"), one colour per run,
     into a PNG."""
     scale = 1 / 60 if x == "elapsed_s" else 1
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    for i, run in enumerate(runs):
+    for i, (run, label) in enumerate(zip(runs, run_labels(runs), strict=True)):
         color = f"C{i % 10}"
         style = ("-", "-.", ":")[i // 10 % 3]  # more than 10 runs: colours repeat
         records = run.read_metrics()
         # A skipped (non-finite) step's loss is null.
         train = [r for r in records if r.get("kind") == "train" and r.get("loss") is not None]
         val = [r for r in records if r.get("kind") == "val" and r.get("val_loss") is not None]
-        label = run.path.name
         if train:
             xs = [r[x] * scale for r in train]
             y = [r["loss"] for r in train]
@@ -52,7 +57,9 @@ def plot_losses(runs: list[RunDir], out: Path, smoothing: float = 0.9, x: str = 
             )
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel("cross-entropy loss (nats/token)")
-    ax.set_title("tinylm loss curves")
+    ax.set_title(title)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, min(high, low + 3.5))  # the first steps' ~10.8 would flatten the rest
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small" if len(runs) <= 6 else "x-small", ncol=1 + len(runs) // 8)
     fig.tight_layout()

@@ -18,7 +18,7 @@ import yaml
 
 from tinylm.atomic import write_atomic
 from tinylm.errors import TinyLMError
-from tinylm.rundir import RECENT_STEPS, RunDir
+from tinylm.rundir import RECENT_STEPS, RunDir, run_labels
 
 COLUMNS = (
     "run",
@@ -69,6 +69,14 @@ def summarize(run: RunDir) -> dict[str, Any]:
     }
 
 
+def summarize_all(runs: list[RunDir]) -> list[dict[str, Any]]:
+    """summarize() of each run, labelled so that no two rows share a name."""
+    summaries = [summarize(run) for run in runs]
+    for s, label in zip(summaries, run_labels(runs), strict=True):
+        s["run"] = label
+    return summaries
+
+
 CSV_COLUMNS = (
     "run",
     "settings",
@@ -104,7 +112,7 @@ def build_report(
     runs: list[RunDir], plots: list[str] | None = None, title: str = "tinylm results"
 ) -> str:
     """The Markdown report; `plots` are image paths (relative to the report) to embed."""
-    summaries = [summarize(run) for run in runs]
+    summaries = summarize_all(runs)
     settings = differing_settings(summaries)
     lines = [f"# {title}", ""]
     lines.append("| " + " | ".join(COLUMNS) + " |")
@@ -174,7 +182,7 @@ def _single_run_details(run: RunDir, s: dict[str, Any]) -> list[str]:
 
 def csv_rows(runs: list[RunDir]) -> list[dict[str, Any]]:
     """One row of raw numbers per run (CSV_COLUMNS), for spreadsheets and scripts."""
-    summaries = [summarize(run) for run in runs]
+    summaries = summarize_all(runs)
     rows = []
     for run, s, d in zip(runs, summaries, differing_settings(summaries), strict=True):
         ev = s["eval"]
@@ -210,7 +218,7 @@ def write_report(runs: list[RunDir], out: Path, title: str = "tinylm results") -
     plots = []
     for axis, suffix in (("tokens", "tokens"), ("elapsed_s", "time")):
         png = out.with_name(f"{out.stem}-loss-vs-{suffix}.png")
-        plot_losses(runs, png, x=axis)
+        plot_losses(runs, png, x=axis, title=title)
         plots.append(png.name)
         written.append(png)
     csv_file = out.with_suffix(".csv")

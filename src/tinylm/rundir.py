@@ -86,3 +86,12 @@ class RunDir:
             except json.JSONDecodeError:
                 break  # a run killed mid-write leaves at most one partial last line
         return records
+
+
+def run_labels(runs: list[RunDir]) -> list[str]:
+    """Names for runs in one table or plot: the directory names, or parent/name where two
+    runs share a name (the same run of two sweeps)."""
+    names = [run.path.name for run in runs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{run.path.parent.name}/{run.path.name}" for run in runs]
