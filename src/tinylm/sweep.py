@@ -202,6 +202,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: list[str] | None = None) -> int
     runner = _Runner(logs, env)
     failed: list[str] = []
     done, start = len(runs) - len(queue), time.monotonic()
+    finished_here = 0
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while queue or runner.active:
@@ -215,9 +216,13 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: list[str] | None = None) -> int
                     failed.append(run.name)
                     where = f" (log: {logs / run.name}.log)" if logs else ""
                     print(f"sweep: {run.name} failed with exit {code}{where}", file=sys.stderr)
+                finished_here += 1
                 minutes = (time.monotonic() - start) / 60
+                left = len(queue) + len(runner.active)
+                eta = minutes / finished_here * left  # completions come `jobs` at a time
                 print(
-                    f"sweep: {done}/{len(runs)} runs done, {minutes:.1f} min this session",
+                    f"sweep: {done}/{len(runs)} runs done, {minutes:.1f} min this session, "
+                    f"ETA {eta:.0f} min for {left} more",
                     file=sys.stderr,
                 )
     except KeyboardInterrupt:
