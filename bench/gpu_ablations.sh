@@ -6,6 +6,7 @@
 # Needs data/wiki-study, data/wiki-bpe8k, data/wiki-bpe16k and data/tok-wiki-{8k,16k}
 # (made by the sweeps' prepare commands on a machine with the built-in corpora).
 # Run directories stay in a temp dir; the tarball keeps everything but the weights.
+# ONLY="cosine wsd" runs just those runs of configs/ablations.yaml.
 # PYTHON=.venv/bin/python DEVICE=cpu SEEDS=1 EXTRA="model.n_embd=16 train.max_steps=2" checks the script on a CPU.
 set -euo pipefail
 py=${PYTHON:-python3}
@@ -27,6 +28,11 @@ sweep() {  # FILE OUT_NAME [ARGS...]
 read -ra seeds <<< "$seeds"
 for i in "${!seeds[@]}"; do
   seed=${seeds[$i]}
+  if [[ -n ${ONLY:-} ]]; then  # ONLY="run names" of configs/ablations.yaml, nothing else
+    read -ra only <<< "$ONLY"
+    sweep configs/ablations.yaml "ablations-s$seed" train.seed="$seed" --only "${only[@]}"
+    continue
+  fi
   sweep configs/seed_study.yaml "study-s$seed" --scale cpu train.seed="$seed"
   sweep configs/ablations.yaml "ablations-s$seed" train.seed="$seed"
   if (( i == 0 )); then sweep configs/ablation_epochs.yaml epochs; fi  # before more seeds
