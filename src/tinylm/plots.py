@@ -26,6 +26,7 @@ def plot_losses(
     into a PNG."""
     scale = 1 / 60 if x == "elapsed_s" else 1
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    later: list[float] = []  # smoothed losses after each run's first 10%: the y range
     for i, (run, label) in enumerate(zip(runs, run_labels(runs), strict=True)):
         color = f"C{i % 10}"
         style = ("-", "-.", ":")[i // 10 % 3]  # more than 10 runs: colours repeat
@@ -36,16 +37,19 @@ def plot_losses(
         if train:
             xs = [r[x] * scale for r in train]
             y = [r["loss"] for r in train]
+            ema = _ema(y, smoothing)
+            later += ema[len(ema) // 10 :]
             ax.plot(xs, y, color=color, alpha=0.2, linewidth=0.8)
             ax.plot(
                 xs,
-                _ema(y, smoothing),
+                ema,
                 color=color,
                 linestyle=style,
                 linewidth=1.5,
                 label=f"{label} train (EMA)",
             )
         if val:
+            later += [r["val_loss"] for r in val[len(val) // 10 :]]
             ax.plot(
                 [r[x] * scale for r in val],
                 [r["val_loss"] for r in val],
@@ -58,8 +62,10 @@ def plot_losses(
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(title)
-    low, high = ax.get_ylim()
-    ax.set_ylim(low, min(high, low + 3.5))  # the first steps' ~10.8 would flatten the rest
+    if later:  # the first steps' ~10.8 nats would flatten everything after them
+        low, high = ax.get_ylim()
+        pad = 0.05 * (max(later) - min(later)) + 0.02
+        ax.set_ylim(max(low, min(later) - pad), min(high, max(later) + pad))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small" if len(runs) <= 6 else "x-small", ncol=1 + len(runs) // 8)
     fig.tight_layout()
