@@ -121,6 +121,16 @@ def test_each_step_reads_the_same_sequences_with_any_world_size():
         assert steps(world, micro, accum, 5, loaders)[0] == want[3:]
 
 
+def test_a_position_inside_the_new_runs_micro_step_is_refused():
+    tokens = np.arange(10 * 4, dtype=np.uint16)  # 10 blocks: batches of 4, 4, 2 per epoch
+    saved = BlockLoader(tokens, 4, 4, seed=0)
+    for _ in range(4):
+        saved.next_batch()  # epoch 1, 4 sequences in
+    two_ranks = BlockLoader(tokens, 4, 4, seed=0, rank=1, world_size=2)  # 8 per micro-step
+    with pytest.raises(TinyLMError, match="4 sequences into epoch 1 is not a whole number"):
+        two_ranks.load_state_dict(saved.state_dict())
+
+
 def test_an_uneven_split_is_one_line_before_any_process_group(wiki_data, tmp_path, monkeypatch,
                                                                 capsys):  # fmt: skip
     monkeypatch.setenv("WORLD_SIZE", "2")

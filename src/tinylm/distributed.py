@@ -22,6 +22,7 @@ with M (and eval, generate and export read it as any other checkpoint).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -89,6 +90,7 @@ def setup(device: torch.device) -> torch.device:
     timeout = datetime.timedelta(minutes=int(os.environ.get("TINYLM_DIST_TIMEOUT_MIN", 30)))
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group(backend, timeout=timeout, **kwargs)
+    atexit.register(teardown)
     return device
 
 
@@ -212,11 +214,15 @@ def wrap(model: nn.Module, parallel: str, device: torch.device) -> nn.Module:
     if parallel == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # The root group holds the embeddings and the output layer, whose weight the chunked
+    # loss reads outside forward: gathered from forward until its backward has run.
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in model.blocks:
-        fully_shard(block)
-    return fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
 
 
 @contextlib.contextmanager

@@ -106,13 +106,7 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
     its config is the same as this one (re-running a command continues it); otherwise
     it is refused unless `overwrite`.
     """
-    try:
-        return _train(RunDir(Path(out)), config, overwrite, resume)
-    finally:
-        distributed.teardown()  # the process group a torchrun launch joined, if any
-
-
-def _train(run: RunDir, config: Config, overwrite: bool, resume: bool) -> TrainResult:
+    run = RunDir(Path(out))
     checkpoint = _resume_point(run, config, overwrite, resume)
     fresh = checkpoint is None
     trainer = Trainer(config, run, checkpoint)  # validates everything before any write
@@ -547,8 +541,9 @@ class Trainer:
     def _full_state(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         """The model to write and its AdamW moments by name. FSDP2: the shards gathered into
         a CPU copy of the model on rank 0 (others get an empty dict); collective."""
-        if not distributed.is_sharded(self.model):
-            return self.model, optimizer_tensors(self.model, self.optimizer)
+        if not distributed.is_sharded(self.model):  # one process or DDP: rank 0's replica
+            main = distributed.is_main()
+            return self.model, optimizer_tensors(self.model, self.optimizer) if main else {}
         weights = distributed.full_model_state(self.model)
         moments = distributed.full_optimizer_state(self.model, self.optimizer)
         if not distributed.is_main():
