@@ -26,8 +26,13 @@ launch() { python3 -m torch.distributed.run --standalone --nproc_per_node "$npro
 run() {  # name, then how to start it, then its arguments
   local name=$1; shift
   local t0=$SECONDS
-  "$@" 2>&1 | grep -v '^\s*$' | grep -v '^train:' | tail -3 | tee -a "$out/dist.log"
-  log "$name: $((SECONDS - t0)) s wall"
+  if "$@" > "$work/$name.log" 2>&1; then
+    grep -a -E '^(model|trained|wrote)' "$work/$name.log" | tee -a "$out/dist.log" || true
+    log "$name: $((SECONDS - t0)) s wall"
+  else  # keep going: the summary says which runs are missing
+    tail -20 "$work/$name.log" | tee -a "$out/dist.log"
+    log "$name: FAILED after $((SECONDS - t0)) s"
+  fi
 }
 log "single process"
 run single python3 -m tinylm train "${common[@]}" train.max_steps=$steps --out "$work/single"
@@ -44,6 +49,9 @@ import json, statistics, sys
 from pathlib import Path
 work, summary = Path(sys.argv[1]), {}
 for name in ("single", "ddp", "fsdp", "resume"):
+    if not (work / name / "metrics.jsonl").exists():
+        print(f"{name:7s} no metrics (failed)")
+        continue
     recs = [json.loads(line) for line in open(work / name / "metrics.jsonl")]
     train = [r for r in recs if r["kind"] == "train"]
     val = [r["val_loss"] for r in recs if r["kind"] == "val"]
@@ -52,8 +60,8 @@ for name in ("single", "ddp", "fsdp", "resume"):
                      "val_losses": val, "median_tokens_per_s_2nd_half": statistics.median(tps)}
     print(f"{name:7s} steps {train[-1]['step']:4d} | train loss {train[-1]['loss']:.4f} | val "
           f"{', '.join(f'{v:.4f}' for v in val)} | {statistics.median(tps):,.0f} tokens/s")
-ref = summary["single"]["val_losses"][-1]
-for name in ("ddp", "fsdp", "resume"):
+ref = summary.get("single", {}).get("val_losses", [float("nan")])[-1]
+for name in [n for n in ("ddp", "fsdp", "resume") if n in summary]:
     print(f"final val loss {name} - single: {summary[name]['val_losses'][-1] - ref:+.2e}")
 json.dump(summary, open(sys.argv[2], "w"), indent=2)
 PY

@@ -301,7 +301,9 @@ class Trainer:
             )
         what = f"resumed at step {self.step:,}" if self.resumed_from is not None else "run"
         world = self.world_size
-        processes = f"{world} processes ({t.parallel}) x " if world > 1 else ""
+        under_torchrun = distributed.env().distributed
+        plural = "es" if world > 1 else ""
+        processes = f"{world} process{plural} ({t.parallel}) x " if under_torchrun else ""
         _print(
             f"model: {self.model.num_parameters():,} parameters | data: "
             f"{self.loader.num_blocks:,} blocks of {self.config.model.block_size} tokens, "
