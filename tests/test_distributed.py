@@ -174,7 +174,7 @@ def test_fsdp_two_ranks_stop_together_and_resume_with_one_or_two(wiki_data, refe
     _, err = proc.communicate(timeout=120)
     stopped = json.loads((out / "checkpoints" / "latest" / "meta.json").read_text())
     assert err.count("SIGTERM at step") == 1, err
-    assert stopped["interrupted"] and stopped["step"] == records(out)[-1]["step"] < STEPS
+    assert stopped["interrupted"] and stopped["step"] == records(out)[-1]["step"] < STEPS, err
     assert proc.returncode != 0  # torchrun reports the ranks' exit 143
 
     two = tmp_path / "fsdp-resumed-on-2"

@@ -384,10 +384,13 @@ class Trainer:
 
     def _signalled(self) -> int:
         """The stop signal any rank received (all ranks stop at the same step)."""
-        if self.world_size > 1:
-            values = [float(self.stop_signal)]
-            self.stop_signal = int(distributed.all_reduce(values, op="max", device=self.device)[0])
-        return self.stop_signal
+        if self.world_size == 1:
+            return self.stop_signal
+        values = [float(self.stop_signal)]
+        agreed = int(distributed.all_reduce(values, op="max", device=self.device)[0])
+        # A signal that lands during the all-reduce stays set here for the next step's.
+        self.stop_signal = agreed or self.stop_signal
+        return agreed
 
     def _step(self) -> None:
         """One optimizer step over grad_accum micro-batches, and its metrics record."""
