@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tinylm.config import MODEL_PRESETS, load_config
 from tinylm.errors import TinyLMError
@@ -21,11 +22,33 @@ def test_reference_presets_match_the_study(name, n_embd, lr, batch):
     assert cfg.optim.weight_decay == 0.01 and cfg.optim.grad_clip == 1.0
 
 
+SWEEPS = ["ablation_epochs", "ablations", "seed_study"]
+
+
 def test_every_shipped_config_loads():
     paths = sorted(CONFIGS.glob("*.yaml"))
-    assert [p.stem for p in paths] == ["cpu_demo", "seed_exp1", "seed_exp2", "seed_exp3"]
-    for path in paths:
+    configs = [p for p in paths if p.stem not in SWEEPS]
+    assert [p.stem for p in configs] == ["cpu_demo", "seed_exp1", "seed_exp2", "seed_exp3"]
+    for path in configs:
         load_config(path)
+
+
+def test_every_shipped_sweep_builds_valid_configs():
+    from tinylm.sweep import check_configs, load_sweep
+
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem in SWEEPS) == SWEEPS
+    for name in SWEEPS:
+        path = CONFIGS / f"{name}.yaml"
+        scales = yaml.safe_load(path.read_text()).get("scales") or {}
+        for scale in [None, *scales]:
+            sweep = load_sweep(path, scale)
+            check_configs(sweep)  # every run's config, as `tinylm sweep` builds it
+            assert sweep.runs
+    study = load_sweep(CONFIGS / "seed_study.yaml", "cpu")
+    exp3 = load_config(study.base, study.runs[2].overrides)
+    assert [r.name for r in study.runs] == ["exp1", "exp2", "exp3"]
+    assert (exp3.model.n_embd, exp3.optim.lr, exp3.train.batch_size) == (256, 5e-4, 16)
+    assert exp3.train.epochs == 2 and exp3.data.path == "data/wiki-study"
 
 
 def test_override_strings_are_taken_as_written():

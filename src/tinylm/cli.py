@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(command: str, message: str) -> int:
-    print(f"tinylm {command}: error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets it; one says it
+        print(f"tinylm {command}: error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR
 
 
@@ -439,6 +441,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tinylm.training.trainer import train
 
     result = train(config, args.out, overwrite=args.overwrite, resume=args.resume)
+    from tinylm.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports for the run
+        return 128 + result.signal if result.interrupted else 0
     rate = result.tokens / result.train_seconds if result.train_seconds else 0.0
     line = (
         f"trained {result.steps:,} steps, {result.tokens:,} tokens in {result.train_seconds:.0f} s "

@@ -107,10 +107,11 @@ class TrainConfig:
     """The training loop: batch, budget, evaluation cadence, seed and device."""
 
     batch_size: int = 32
-    """Sequences of block_size tokens per forward pass (a micro-batch)."""
+    """Sequences of block_size tokens per micro-step, summed over all processes (one
+    process: its forward pass; N processes under torchrun: batch_size / N each)."""
     grad_accum: int = 1
-    """Micro-batches whose gradients add up to one optimizer step (global batch =
-    batch_size * grad_accum sequences)."""
+    """Micro-steps whose gradients add up to one optimizer step. The global batch is
+    batch_size * grad_accum sequences whatever the number of processes."""
     epochs: float = 2.0
     """Passes over the training blocks (the study ran 2). Fractions allowed."""
     max_steps: int = 0
@@ -153,6 +154,14 @@ class TrainConfig:
     matmuls (recent x86 CPUs, most GPUs), else fp16 on CUDA, else fp32. Weights stay fp32."""
     compile: bool = False
     """torch.compile the model: a slower start (compiling), faster steps where it fuses work."""
+    parallel: str = "ddp"
+    """Under torchrun: 'ddp' (a full model per process, gradients all-reduced) or 'fsdp'
+    (FSDP2: parameters, gradients and AdamW state sharded over the processes, for models
+    that do not fit one device). Ignored in a single process."""
+    micro_batch_size: int = 0
+    """Sequences one process puts through one forward pass; 0 = batch_size / processes.
+    A set value keeps memory per device fixed across world sizes: each process then
+    accumulates batch_size * grad_accum / (processes * micro_batch_size) micro-batches."""
 
 
 @dataclass
@@ -189,6 +198,8 @@ class Config:
         _require(self.optim.lr > 0, "optim.lr must be positive")
         _require(t.batch_size > 0, "train.batch_size must be positive")
         _require(t.grad_accum > 0, "train.grad_accum must be positive")
+        _require(t.micro_batch_size >= 0, "train.micro_batch_size must not be negative")
+        _require(t.parallel in ("ddp", "fsdp"), f"train.parallel={t.parallel!r}; use ddp or fsdp")
         _require(
             t.epochs > 0 or t.max_steps > 0 or t.max_tokens > 0 or t.max_minutes > 0,
             "no training budget: set train.epochs, train.max_steps, train.max_tokens or "

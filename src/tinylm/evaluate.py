@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from tinylm import distributed
 from tinylm.data.loader import eval_batches
 from tinylm.loss import chunked_next_token_loss
 
@@ -41,20 +42,37 @@ def evaluate(
     token_bytes: np.ndarray | None = None,
     max_batches: int = 0,
 ) -> EvalResult:
-    """Token-weighted metrics of `model` on a split's tokens (all of it when max_batches=0)."""
+    """Token-weighted metrics of `model` on a split's tokens (all of it when max_batches=0).
+
+    Under torchrun each rank measures every world_size-th batch and the sums are added
+    over ranks, so the result is the same as one process's (up to summation order).
+    """
     was_training = model.training
     model.eval()
     total_nats = 0.0
     total_tokens = 0
     total_bytes = 0
     byte_table = torch.from_numpy(token_bytes) if token_bytes is not None else None
-    for batch in eval_batches(tokens, block_size, batch_size, max_batches):
+    rank, world = distributed.rank(), distributed.world_size()
+    batches = mine = 0
+    for batches, batch in enumerate(eval_batches(tokens, block_size, batch_size, max_batches), 1):
+        if (batches - 1) % world != rank:
+            continue
+        mine += 1
         batch = batch.to(device)
         nll = chunked_next_token_loss(model, batch, reduction="none")  # (B, T-1) nats
         total_nats += nll.sum(dtype=torch.float64).item()
         total_tokens += nll.numel()
         if byte_table is not None:
             total_bytes += int(byte_table[batch[:, 1:].cpu()].sum())  # bytes of the targets
+    if world > 1:
+        # FSDP2 gathers parameters in every forward: all ranks must run as many.
+        for _ in range(math.ceil(batches / world) - mine):
+            model(torch.zeros(1, 2, dtype=torch.long, device=device), return_hidden=True)
+        total_nats, total_tokens, total_bytes = distributed.all_reduce(
+            [total_nats, total_tokens, total_bytes], device=device
+        )
+        total_tokens, total_bytes = int(total_tokens), int(total_bytes)
     model.train(was_training)
     if total_tokens == 0:
         return EvalResult(math.nan, math.nan, None, 0)

@@ -9,8 +9,10 @@ Training (`BlockLoader`), two sampling modes:
           (windows may overlap and cross document ends).
 With world_size N, rank r takes every N-th entry of the epoch's order: the ranks' parts are
 disjoint, equally long (the last num_blocks % N entries of an epoch are left out), and
-together cover the epoch. The position (epoch, batch) plus everything that fixes the order
-is the state a checkpoint saves.
+together cover the epoch. Batch b of every rank together is entries [b*B*N, (b+1)*B*N) of
+the order, so a step reads the same sequences with any N at the same global batch. The
+position (epoch, batch) plus everything that fixes the order is the state a checkpoint
+saves; it resumes with another world size or batch split (see load_state_dict).
 
 Evaluation (`eval_batches`): the same blocks in file order, optionally only the first N
 batches, so repeated measurements use identical data.
@@ -103,16 +105,34 @@ class BlockLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue where `state` was saved; a different data or batch shape is refused."""
+        """Continue where `state` was saved; a different data or block shape is refused.
+
+        The position is kept as sequences of the epoch's order read by all ranks together,
+        so a state saved with one world size or micro-batch resumes with another (at a
+        multiple of this loader's world_size * batch_size, as saves at step ends are).
+        """
         from tinylm.errors import TinyLMError
 
-        for key in ("block_size", "batch_size", "num_blocks", "world_size", "sampling"):
+        for key in ("block_size", "num_blocks", "sampling"):
             if key in state and state[key] != getattr(self, key):
                 raise TinyLMError(
                     f"cannot resume the data position: the checkpoint's {key} is {state[key]}, "
                     f"this run's is {getattr(self, key)}; resume with the same data and settings"
                 )
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        saved_world, saved_batch = state.get("world_size", 1), state["batch_size"]
+        saved_batches = math.ceil(self.num_blocks // saved_world / saved_batch)
+        epoch, batch = state["epoch"], state["batch_in_epoch"]
+        if batch >= saved_batches:  # the saved epoch was read to its end
+            epoch, batch = epoch + 1, 0
+        sequences = batch * saved_batch * saved_world
+        per_batch = self.batch_size * self.world_size
+        if sequences % per_batch:
+            raise TinyLMError(
+                f"cannot resume the data position: {sequences} sequences into epoch {epoch} is "
+                f"not a whole number of this run's micro-steps of {per_batch} sequences; "
+                "resume with the train.batch_size / train.micro_batch_size it was saved with"
+            )
+        self.epoch, self.batch_in_epoch = epoch, sequences // per_batch
         self.seed = state["seed"]
         self._order = None
 

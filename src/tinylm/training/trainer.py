@@ -16,6 +16,10 @@ tokens, loader position, every RNG, counters), so on CPU a resumed run continues
 bit-identical losses. Everything a user can get wrong (config, data, tokenizer, a
 checkpoint of another model) is checked before the run directory is touched; a new run
 that fails before its first checkpoint leaves no run directory behind.
+
+Under torchrun (docs/distributed.md) every rank runs this loop on its share of each
+batch; `tinylm.distributed` holds all that differs (process group, DDP/FSDP2 wrapping,
+gradient sync, collectives, gathering a full checkpoint), and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 import torch
 import yaml
 
+from tinylm import distributed
 from tinylm.atomic import write_atomic
 from tinylm.config import Config, config_differences, config_from_dict, load_config
 from tinylm.data.dataset import PreparedDataset
@@ -114,22 +119,25 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
             return _finished_result(run, meta)
     fresh = checkpoint is None
     trainer = Trainer(config, run, checkpoint)  # validates everything before any write
+    distributed.barrier()  # every rank has read the run directory before rank 0 changes it
+    main = distributed.is_main()
     # An earlier run being overwritten is kept aside until this one has its checkpoint.
     previous = run.path.parent / f".{run.path.name}.previous-{os.getpid()}"
-    if fresh:
+    if fresh and main:
         if run.path.exists():
             run.path.rename(previous)
         run.path.mkdir(parents=True)
     try:
         result = trainer.fit()
     except BaseException:
-        if fresh and trainer.store.target(LATEST) is None:
+        if main and fresh and trainer.store.target(LATEST) is None:
             shutil.rmtree(run.path, ignore_errors=True)
             if previous.exists():
                 previous.rename(run.path)
         raise
     finally:
-        shutil.rmtree(previous, ignore_errors=True)  # gone already if it was put back
+        if main:
+            shutil.rmtree(previous, ignore_errors=True)  # gone already if it was put back
     return result
 
 
@@ -201,8 +209,17 @@ class Trainer:
         t = config.train
         seed_everything(t.seed)
         configure_threads(t.num_threads)
-        self.device = resolve_device(t.device)
+        # Each rank's share of the global batch (an uneven split is an error before any
+        # process group exists), then this rank's device in the group torchrun describes.
+        self.world_size = distributed.env().world_size
+        self.micro_batch, self.accum = distributed.batch_split(
+            t.batch_size, t.grad_accum, t.micro_batch_size, self.world_size
+        )
+        self.device = distributed.setup(resolve_device(t.device))
         self.precision = resolve_precision(t.precision, self.device)
+        if self.precision == "fp16" and t.parallel == "fsdp" and self.world_size > 1:
+            raise TinyLMError("train.precision=fp16 does not work with train.parallel=fsdp "
+                              "(per-shard loss scaling); use bf16")  # fmt: skip
 
         self.dataset = PreparedDataset.open(config.data.path)
         self.tokenizer: Tokenizer = self.dataset.tokenizer  # fingerprint-checked
@@ -221,15 +238,17 @@ class Trainer:
         self.loader = BlockLoader(
             self.dataset.tokens(config.data.train_split),
             config.model.block_size,
-            t.batch_size,
+            self.micro_batch,
             t.seed,
+            rank=distributed.rank(),
+            world_size=self.world_size,
             sampling=config.data.sampling,
         )
-        if self.loader.num_blocks == 0:
+        if self.loader.blocks_per_rank == 0:
             raise TinyLMError(
                 f"{self.dataset.path}: the {config.data.train_split} split has fewer tokens than "
-                f"one block of {config.model.block_size}; use more data or a smaller "
-                "model.block_size"
+                f"one block of {config.model.block_size} per process; use more data or a "
+                "smaller model.block_size"
             )
         self.val_tokens = (
             self.dataset.tokens(config.data.val_split) if config.data.val_split else None
@@ -240,8 +259,10 @@ class Trainer:
 
         self.model, self.optimizer = self._build_model_and_optimizer()
         self.scaler = grad_scaler(self.precision, self.device)  # fp16 only; a no-op otherwise
-        self.forward_model = maybe_compile(self.model, t.compile)  # self.model is saved
-        self.planned_steps = _planned_steps(config, self.loader.batches_per_epoch)
+        # self.model is the GPT that is saved; self.wrapped the module a step calls (DDP's
+        # wrapper; under FSDP2 and in one process self.model itself).
+        self.forward_model = maybe_compile(self.wrapped, t.compile)
+        self.planned_steps = _planned_steps(config, self.loader.batches_per_epoch, self.accum)
         # A decaying schedule without an explicit length spans the budget (inf: time only).
         budget_steps = self.planned_steps if self.planned_steps < sys.maxsize else math.inf
         budget_tokens = budget_steps * t.batch_size * t.grad_accum * config.model.block_size
@@ -265,6 +286,7 @@ class Trainer:
         self.resumed_from: int | None = None
         if resume_from is not None:
             self._resume(resume_from)
+        distributed.seed_rank_rng(t.seed, self.step)  # ranks > 0: their own dropout
 
         self.saved_step = self.resumed_from if self.resumed_from is not None else -1
         self.session_tokens = 0
@@ -279,6 +301,8 @@ class Trainer:
         model = GPT(self.config.model).to(self.device)
         if self.init is not None:  # train.init_from; a resume then loads its own weights
             model.load_state_dict(self.init.model.state_dict())
+        # Under torchrun: DDP or FSDP2 (which shards `model` in place, so before AdamW).
+        self.wrapped = distributed.wrap(model, self.config.train.parallel, self.device)
         return model, build_optimizer(model, self.config.optim)
 
     def _micro_batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
@@ -291,17 +315,25 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         t, run, planned_steps = self.config.train, self.run, self.planned_steps
-        write_atomic(run.config, _config_yaml(self.config))
-        self.store.clean_partial()
-        self.metrics = MetricsLog(
-            run.metrics, run.tensorboard if t.tensorboard else None, self.resumed_from
-        )
+        main = distributed.is_main()
+        self.metrics: MetricsLog | None = None
+        if main:
+            write_atomic(run.config, _config_yaml(self.config))
+            self.store.clean_partial()
+            self.metrics = MetricsLog(
+                run.metrics, run.tensorboard if t.tensorboard else None, self.resumed_from
+            )
         what = f"resumed at step {self.step:,}" if self.resumed_from is not None else "run"
+        world = self.world_size
+        under_torchrun = distributed.env().distributed
+        plural = "es" if world > 1 else ""
+        processes = f"{world} process{plural} ({t.parallel}) x " if under_torchrun else ""
         _print(
             f"model: {self.model.num_parameters():,} parameters | data: "
             f"{self.loader.num_blocks:,} blocks of {self.config.model.block_size} tokens, "
-            f"{self.loader.batches_per_epoch:,} batches/epoch | device: {self.device} "
-            f"({self.precision}) | "
+            f"{self.loader.batches_per_epoch:,} batches/epoch | batch: "
+            f"{t.batch_size * t.grad_accum} sequences = {processes}{self.micro_batch} x "
+            f"{self.accum} accumulated | device: {self.device} ({self.precision}) | "
             f"{what}: {run.path}"
         )
         stop_reason = "budget"
@@ -312,7 +344,7 @@ class Trainer:
         self.model.train()
         previous_handlers = _install_signal_handlers(self._on_signal)
         try:
-            with progress(bar_total, "train", "step", initial=self.step) as bar:
+            with progress(bar_total, "train", "step", initial=self.step, disable=not main) as bar:
                 while self._budget_left(deadline):
                     self._step()
                     improved = self._validate_if_due()
@@ -328,7 +360,7 @@ class Trainer:
                             f"(by more than {t.early_stop_min_delta:g})"
                         )
                         break
-                    if self.stop_signal:
+                    if self._signalled():
                         stop_reason = "signal"
                         name = signal.Signals(self.stop_signal).name
                         _print(f"{name} at step {self.step}: saving a checkpoint")
@@ -343,8 +375,10 @@ class Trainer:
                 self._save(best=stop_reason != "signal" and self._validate())
         finally:
             _restore_signal_handlers(previous_handlers)
-            self.metrics.close()
-        plot_losses([run], run.loss_plot)
+            if self.metrics is not None:
+                self.metrics.close()
+        if main:
+            plot_losses([run], run.loss_plot)
         return TrainResult(
             run,
             self.step,
@@ -363,19 +397,38 @@ class Trainer:
         return (
             self.step < self.planned_steps
             and (not t.max_tokens or self.tokens_seen < t.max_tokens)
-            and time.monotonic() < deadline
+            and self._before(deadline)
         )
+
+    def _before(self, deadline: float) -> bool:
+        """Whether the time budget has time left, as all ranks agree (clocks differ)."""
+        ahead = time.monotonic() < deadline
+        if self.world_size == 1 or not math.isfinite(deadline):
+            return ahead
+        return not distributed.all_reduce([float(not ahead)], op="max", device=self.device)[0]
+
+    def _signalled(self) -> int:
+        """The stop signal any rank received (all ranks stop at the same step)."""
+        if self.world_size == 1:
+            return self.stop_signal
+        values = [float(self.stop_signal)]
+        agreed = int(distributed.all_reduce(values, op="max", device=self.device)[0])
+        # A signal that lands during the all-reduce stays set here for the next step's.
+        self.stop_signal = agreed or self.stop_signal
+        return agreed
 
     def _step(self) -> None:
         """One optimizer step over grad_accum micro-batches, and its metrics record."""
-        accum = self.config.train.grad_accum
+        accum = self.accum
         self.optimizer.zero_grad(set_to_none=True)
         losses, tokens = [], 0
-        for _ in range(accum):
-            batch = self.loader.next_batch().to(self.device)  # (B, T)
+        for i in range(accum):
+            batch = self.loader.next_batch().to(self.device)  # (B, T), B = this rank's share
             try:
-                loss = self._micro_batch_loss(batch)
-                self.scaler.scale(loss / accum if accum > 1 else loss).backward()
+                # Ranks exchange gradients once per step, on its last micro-batch.
+                with distributed.gradient_sync(self.wrapped, i == accum - 1):
+                    loss = self._micro_batch_loss(batch)
+                    self.scaler.scale(loss / accum if accum > 1 else loss).backward()
             except RuntimeError as err:  # torch.OutOfMemoryError is one
                 if is_out_of_memory(err):
                     raise TinyLMError(
@@ -385,13 +438,16 @@ class Trainer:
                     ) from None
                 raise
             losses.append(loss.detach())
-            tokens += batch.numel()
-        step_loss = (losses[0] if accum == 1 else torch.stack(losses).mean()).item()
+            tokens += batch.numel() * self.world_size  # every rank's share is the same size
+        # The mean over the global batch (ranks' shares are equal, so the mean of means).
+        step_loss = distributed.mean_over_ranks(
+            losses[0] if accum == 1 else torch.stack(losses).mean()
+        )
         clip = self.config.optim.grad_clip
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
-        )  # the norm before clipping
+        grad_norm = distributed.clip_grad_norm(
+            list(self.model.parameters()), clip if clip > 0 else math.inf
+        )  # the norm of the whole model's gradient before clipping
         self.step += 1
         self.tokens_seen += tokens
         self.session_tokens += tokens
@@ -490,21 +546,43 @@ class Trainer:
     # --- checkpoints ------------------------------------------------------------------
 
     def _save(self, best: bool) -> None:
-        """A checkpoint of this step as `latest` (and `best`); once per step."""
+        """A checkpoint of this step as `latest` (and `best`); once per step. Under torchrun
+        every rank calls it (FSDP2 gathers the shards) and rank 0 writes."""
         meta = self._meta()
-        if self.saved_step == self.step:  # same tensors: only the metadata moves on
+        new = self.saved_step != self.step
+        if new:
+            model, moments = self._full_state()
+            self.saved_step = self.step
+        if not distributed.is_main():
+            return
+        if new:
+            rng_json, rng_tensors = capture_rng()  # rank 0's generators (see _resume)
+            meta["rng"] = rng_json
+            state = {**moments, **rng_tensors}
+            path = self.store.save(self.step, model, self.config, meta, state)
+        else:  # same tensors: only the metadata moves on
             path = self.store.target("latest")
             assert path is not None
             self.store.rewrite_meta(path, self.config, meta)
-        else:
-            rng_json, rng_tensors = capture_rng()
-            meta["rng"] = rng_json
-            state = {**optimizer_tensors(self.model, self.optimizer), **rng_tensors}
-            path = self.store.save(self.step, self.model, self.config, meta, state)
-            self.saved_step = self.step
         if best:
             self.store.point(BEST, path)
         self.store.prune()
+
+    def _full_state(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        """The model to write and its AdamW moments by name. FSDP2: the shards gathered into
+        a CPU copy of the model on rank 0 (others get an empty dict); collective."""
+        if not distributed.is_sharded(self.model):  # one process or DDP: rank 0's replica
+            main = distributed.is_main()
+            return self.model, optimizer_tensors(self.model, self.optimizer) if main else {}
+        weights = distributed.full_model_state(self.model)
+        moments = distributed.full_optimizer_state(self.model, self.optimizer)
+        if not distributed.is_main():
+            return self.model, {}
+        model = _cpu_model(self.config)
+        model.load_state_dict(weights)
+        state = {f"optim.{name}.{field}": value for name, fields in moments.items()
+                 for field, value in fields.items() if torch.is_tensor(value)}  # fmt: skip
+        return model, state
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -547,10 +625,23 @@ class Trainer:
                     f"{path}: checkpoint was trained with train.{key}={saved} (config: "
                     f"{wanted}); its data position only holds for the same value"
                 )
-        load_weights(path, self.model)
         state = read_state(path)
-        load_optimizer_tensors(path, self.model, self.optimizer, state)
-        restore_rng(meta["rng"], state)
+        if distributed.is_sharded(self.model):
+            # Every rank reads the full checkpoint into a CPU copy and keeps its shard.
+            model = _cpu_model(self.config)
+            load_weights(path, model)
+            plain_optimizer = build_optimizer(model, self.config.optim)
+            load_optimizer_tensors(path, model, plain_optimizer, state)  # checks the names
+            moments: dict[str, dict[str, torch.Tensor]] = {}
+            for key, value in state.items():
+                if key.startswith("optim."):
+                    name, field = key[len("optim.") :].rsplit(".", 1)
+                    moments.setdefault(name, {})[field] = value
+            distributed.load_full_state(self.model, self.optimizer, model.state_dict(), moments)
+        else:
+            load_weights(path, self.model)
+            load_optimizer_tensors(path, self.model, self.optimizer, state)
+        restore_rng(meta["rng"], state)  # rank 0's; other ranks then derive their own
         self.loader.load_state_dict(meta["loader"])
         tr = meta["trainer"]
         self.step, self.tokens_seen = meta["step"], meta["tokens_seen"]
@@ -571,8 +662,13 @@ class Trainer:
     # --- signals, progress, records ---------------------------------------------------
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal:  # a second signal: stop now, without a checkpoint
-            raise KeyboardInterrupt
+        if self.stop_signal:
+            # A second signal stops at once, without a checkpoint; but under torchrun a rank
+            # gets the terminal's Ctrl-C and torchrun's relay of it (or SLURM's SIGTERM
+            # twice), so there only the save counts (torchrun SIGKILLs 30 s after relaying).
+            if self.world_size == 1:
+                raise KeyboardInterrupt
+            return
         self.stop_signal = signum
 
     def _update_bar(self, bar: Any, deadline: float) -> None:
@@ -604,6 +700,8 @@ class Trainer:
         return self.session_tokens / seconds if seconds > 0 else 0.0
 
     def _record(self, **fields: Any) -> None:
+        if self.metrics is None:  # not rank 0
+            return
         self.metrics.write(
             {
                 "kind": fields.pop("kind"),
@@ -615,18 +713,26 @@ class Trainer:
         )
 
 
-def _planned_steps(config: Config, batches_per_epoch: int) -> int:
-    """Optimizer steps the step/epoch budgets allow (sys.maxsize: no such budget)."""
+def _planned_steps(config: Config, batches_per_epoch: int, accum: int) -> int:
+    """Optimizer steps the step/epoch budgets allow (sys.maxsize: no such budget).
+    batches_per_epoch: one rank's micro-batches; accum: its micro-batches per step."""
     t = config.train
     limits = []
     if t.epochs > 0:
-        limits.append(math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
+        limits.append(math.ceil(t.epochs * batches_per_epoch / accum))
     if t.max_steps > 0:
         limits.append(t.max_steps)
     if t.max_tokens > 0:
         tokens_per_step = t.batch_size * t.grad_accum * config.model.block_size
         limits.append(math.ceil(t.max_tokens / tokens_per_step))
     return min(limits) if limits else sys.maxsize  # time budget only
+
+
+def _cpu_model(config: Config) -> GPT:
+    """A plain GPT to gather FSDP2 shards into or read a checkpoint through; its random
+    init must not advance the training RNG."""
+    with torch.random.fork_rng(devices=[]):
+        return GPT(config.model)
 
 
 def _config_yaml(config: Config) -> str:
@@ -646,7 +752,7 @@ def _restore_signal_handlers(previous: dict[int, Any]) -> None:
 
 
 def _print(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    distributed.print0(message)  # rank 0 speaks for the run
 
 
 def _duration(seconds: float) -> str:
