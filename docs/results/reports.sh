@@ -18,14 +18,17 @@ report runs/seed_study-cpu/exp{1,2,3} --out "$R/seed-study-cpu.md" --title "Refe
 "$tl" report $(both study-sSEED/exp1 study-sSEED/exp2 study-sSEED/exp3) --out "$R/seed-study-gpu-seeds.md" \
   --title "Reference study, CPU scale, two seeds (H200)" > /dev/null && echo "wrote $R/seed-study-gpu-seeds.md"
 
-# Ablations against Exp 1 (two seeds each, H200).
+# Ablations against Exp 1 (H200, seed 1337; seed 1's numbers are in README.md's table,
+# from docs/results/summary.py, and its run directories in runs/gpu/*-s1/).
 ablation() {  # NAME TITLE RUN...
   local name=$1 title=$2; shift 2
-  "$tl" report $(both "$@") --out "$R/ablation-$name.md" --title "$title" > /dev/null
+  "$tl" report $(for r in "$@"; do echo "$G/${r/SEED/1337}"; done) --out "$R/ablation-$name.md" \
+    --title "$title" > /dev/null
   echo "wrote $R/ablation-$name.md"
 }
-ablation schedule "LR schedule: constant (exp1) vs warmup+cosine vs WSD" \
-  study-sSEED/exp1 ablations-sSEED/cosine ablations-sSEED/wsd
+ablation schedule "LR schedule: constant vs warmup+cosine vs WSD, at lr 1e-3 (exp1) and 2e-3" \
+  study-sSEED/exp1 ablations-sSEED/cosine ablations-sSEED/wsd \
+  ablations-sSEED/lr-0.002 ablations-sSEED/cosine-lr-0.002 ablations-sSEED/wsd-lr-0.002
 ablation lr "Learning rate (exp1 = 1e-3, exp2 = 5e-4)" \
   ablations-sSEED/lr-0.00025 study-sSEED/exp2 study-sSEED/exp1 ablations-sSEED/lr-0.002 ablations-sSEED/lr-0.004
 ablation dropout "Dropout 0.1 (exp1) vs 0" study-sSEED/exp1 ablations-sSEED/dropout-0

@@ -24,6 +24,8 @@ ROWS = [  # (label, sweep, run)
     ("lr 4e-3", "ablations", "lr-0.004"),
     ("warmup + cosine", "ablations", "cosine"),
     ("warmup + WSD", "ablations", "wsd"),
+    ("warmup + cosine, lr 2e-3", "ablations", "cosine-lr-0.002"),
+    ("warmup + WSD, lr 2e-3", "ablations", "wsd-lr-0.002"),
     ("dropout 0", "ablations", "dropout-0"),
     ("tied embeddings", "ablations", "tied"),
     ("BPE 8k trained on the corpus", "ablations", "bpe-8k"),
