@@ -142,12 +142,14 @@ def test_sweep_resumes_after_interruption_and_reports_both_runs(wiki_data, tmp_p
     assert stopped["interrupted"] and stopped["stop_reason"] == "signal"
     assert stopped["step"] < STEPS and not second.exists()
 
-    # 2. The same command resumes the first run and runs the second.
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # 2. The same sweep resumes the first run and starts the second, both at once (--jobs 2:
+    # separate processes, each logging to OUT/logs/NAME.log).
+    done = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "lr-0.001: interrupted earlier, resuming" in done.stderr
-    assert f"resumed at step {stopped['step']}" in done.stderr
     assert "lr-0.003: starting" in done.stderr
+    assert f"resumed at step {stopped['step']}" in (out / "logs" / "lr-0.001.log").read_text()
+    assert "split" in (out / "logs" / "lr-0.003.log").read_text()  # its eval table
     for run in (first, second):
         assert train_steps(run) == list(range(1, STEPS + 1))  # no step lost or repeated
         assert meta(run)["stop_reason"] == "budget"
