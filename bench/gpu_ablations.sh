@@ -29,8 +29,7 @@ read -ra seeds <<< "$seeds"
 for i in "${!seeds[@]}"; do
   seed=${seeds[$i]}
   if [[ -n ${ONLY:-} ]]; then  # ONLY="run names" of configs/ablations.yaml, nothing else
-    read -ra only <<< "$ONLY"
-    sweep configs/ablations.yaml "ablations-s$seed" train.seed="$seed" --only "${only[@]}"
+    sweep configs/ablations.yaml "ablations-s$seed" train.seed="$seed" --only "${ONLY// /,}"
     continue
   fi
   sweep configs/seed_study.yaml "study-s$seed" --scale cpu train.seed="$seed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -86,6 +87,8 @@ def test_unnamed_runs_are_named_after_what_differs(tmp_path):
         ({"scales": {"cpu": {}}}, "gpu", "no scale 'gpu' (scales: cpu)"),
         ({"base": "missing.yaml"}, None, "does not exist"),
         ({"prepare": "prepare builtin:wiki"}, None, "must name its --out"),
+        ({"runs": [{"name": "a/b"}]}, None, "cannot name a directory"),
+        ({"runs": [{"name": "logs"}]}, None, "cannot name a directory"),
     ],
 )
 def test_bad_sweep_files_are_refused_in_one_line(tmp_path, spec, scale, message):
@@ -128,19 +131,23 @@ def test_sweep_resumes_after_interruption_and_reports_both_runs(wiki_data, tmp_p
     cmd = [sys.executable, "-m", "tinylm", "sweep", str(sweep_file)]
     first, second = out / "lr-0.001", out / "lr-0.003"
 
-    # 1. Ctrl-C while the first run trains: it saves a checkpoint, the sweep stops (130).
+    # 1. SIGTERM to the whole job while the first run trains, as a scheduler sends it: the
+    # run gets it twice (directly and relayed by the sweep), saves a checkpoint of its last
+    # step anyway, and the sweep stops (130).
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (first / "checkpoints" / "latest").exists() or train_steps(first)[-1:] < [3]:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    os.kill(child_pid(str(first)), signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted; run the same command to resume" in err and "Traceback" not in err
     stopped = meta(first)
     assert stopped["interrupted"] and stopped["stop_reason"] == "signal"
-    assert stopped["step"] < STEPS and not second.exists()
+    assert stopped["step"] == train_steps(first)[-1] < STEPS  # no step lost
+    assert not second.exists()
 
     # 2. The same sweep resumes the first run and starts the second, both at once (--jobs 2:
     # separate processes, each logging to OUT/logs/NAME.log).
@@ -162,6 +169,26 @@ def test_sweep_resumes_after_interruption_and_reports_both_runs(wiki_data, tmp_p
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("finished and evaluated, skipping") == 2
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+    # 3b. An evaluation of an earlier checkpoint makes eval.json stale: the report leaves
+    # those numbers out, and the sweep evaluates the final model again.
+    older = sorted((first / "checkpoints").glob("step-*"))[0]
+    assert meta(first)["step"] != int(older.name.split("-")[1])
+    subprocess.run(
+        [sys.executable, "-m", "tinylm", "eval", str(older), "--split", "val", "test"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    stale = subprocess.run(
+        [sys.executable, "-m", "tinylm", "report", str(out)], capture_output=True, text=True
+    )
+    assert stale.returncode == 0, stale.stderr
+    row = next(line for line in stale.stdout.splitlines() if line.startswith("| lr-0.001 |"))
+    assert row.endswith("| - | - | - | - | - | - |")  # no val/test numbers of another step
+    fresh = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "lr-0.001: finished, evaluating" in fresh.stderr
+    assert "lr-0.003: finished and evaluated, skipping" in fresh.stderr
+    assert json.loads((first / "eval.json").read_text())["val"]["step"] == STEPS
 
     # 4. The report's numbers are those in each run directory.
     rows = {r["run"]: r for r in csv.DictReader((out / "report.csv").open())}
@@ -196,6 +223,18 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_run, capsys):
     assert main(["train", *settings, "--out", str(tiny_run)]) == 0
     assert "finished already (budget at step 30)" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in files} == files
+
+
+def child_pid(marker: str) -> int:
+    """The pid of the `tinylm train` process whose command line names `marker`."""
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"train" in args and marker.encode() in args:
+            return int(proc.name)
+    raise AssertionError(f"no train process for {marker}")
 
 
 def records(run: Path) -> list[dict]:

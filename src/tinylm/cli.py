@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="summarise one or more runs as a Markdown table (and CSV, plots)",
         description="Read run directories (config, metrics, checkpoint, eval.json, samples) "
-        "and print a Markdown results table. With one run it is also saved as RUN/report.md. "
+        "and print a Markdown results table; a sweep's output directory stands for its runs. "
+        "With one run it is also saved as RUN/report.md. "
         "--out FILE.md writes the report there with FILE.csv (raw numbers) and two PNGs "
         "beside it: train/val loss against tokens seen and against wall time.",
     )
@@ -258,7 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs", type=int, default=1, help="runs at once, as separate processes (default: 1)"
     )
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs")
+    p.add_argument(
+        "--only",
+        type=lambda text: [name for name in text.split(",") if name],
+        metavar="NAME[,NAME...]",
+        help="run only these runs (comma-separated names)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs, their state and commands")
     p.set_defaults(func=cmd_sweep, settings_attr="overrides")
 
@@ -607,7 +613,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from tinylm.atomic import write_atomic
     from tinylm.report import build_report, write_report
 
-    runs = [RunDir(p) for p in args.runs]
+    runs = [RunDir(p) for p in _run_dirs(args.runs)]
+    if not runs:
+        raise TinyLMError("no run directories among the paths given")
     text = build_report(runs, title=args.title)  # reads (and checks) every run first
     print(text)
     if len(runs) == 1:
@@ -616,6 +624,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         written = write_report(runs, args.out, args.title)
         print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories, a sweep's output directory standing for the runs in it; plain files
+    (a shell glob over a sweep's output also matches its report.md) are skipped."""
+    found = []
+    for path in paths:
+        inside = sorted(c.parent for c in path.glob("*/config.yaml")) if path.is_dir() else []
+        if path.is_file():
+            print(f"tinylm report: skipping {path} (a file, not a run directory)", file=sys.stderr)
+        elif not (path / "config.yaml").is_file() and inside:
+            found += inside
+        else:
+            found.append(path)  # a missing or foreign directory is refused by the report
+    return found
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -627,7 +650,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, args.scale, args.overrides, args.out)
     if args.dry_run:
         check_configs(sweep)
-        for run in sweep.runs:
+        for run in sweep.select(args.only):
             print(f"{run.name}: {sweep.status(run)}")
             print(f"  tinylm {shlex.join(sweep.train_command(run)[3:])}")
         return 0

@@ -48,6 +48,12 @@ def summarize(run: RunDir) -> dict[str, Any]:
     meta_file = run.latest_checkpoint / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     evals = json.loads(run.eval_results.read_text()) if run.eval_results.is_file() else {}
+    if meta:  # only numbers of the final model on the run's own data (eval.json keeps others)
+        evals = {
+            split: r
+            for split, r in evals.items()
+            if r.get("step") == meta.get("step") and r.get("dataset") == meta.get("dataset")
+        }
     last = train[-1] if train else {}
     # The checkpoint's meta has the final numbers; metrics.jsonl those of a run still going.
     tokens = meta.get("tokens_seen", last.get("tokens"))

@@ -21,9 +21,12 @@ from typing import Any
 from tinylm.errors import TinyLMError
 
 RECENT_STEPS = 50
+"""The reported train loss is the mean of this many last steps (one batch is noisy)."""
 FINISHED = ("budget", "early_stop")
 """A checkpoint meta's stop_reason when the run is done (a signal's stop is an interruption)."""
-"""The reported train loss is the mean of this many last steps (one batch is noisy)."""
+SUPERVISED_ENV = "TINYLM_SUPERVISED"
+"""Set by `tinylm sweep` for its runs: a second SIGINT/SIGTERM (the job's and the sweep's
+relay of it) does not abort the run's checkpoint."""
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import yaml
 
 from tinylm.config import config_differences, load_config
 from tinylm.errors import TinyLMError
-from tinylm.rundir import FINISHED, RunDir
+from tinylm.rundir import FINISHED, SUPERVISED_ENV, RunDir
 
 SWEEP_KEYS = {"base", "out", "eval", "prepare", "set", "grid", "runs", "scales"}
 SCALE_KEYS = {"out", "prepare", "set", "grid"}
@@ -71,6 +71,13 @@ class Sweep:
     def eval_command(self, run: SweepRun) -> list[str]:
         return [*_tinylm(), "eval", str(run.out), "--split", *self.eval_splits]
 
+    def select(self, only: list[str] | None) -> list[SweepRun]:
+        """The runs named in `only` (all when None), in the sweep's order."""
+        unknown = set(only or []) - {r.name for r in self.runs}
+        if unknown:
+            raise TinyLMError(f"--only: no run named {', '.join(sorted(unknown))} in {self.path}")
+        return [r for r in self.runs if not only or r.name in only]
+
     def status(self, run: SweepRun) -> str:
         """'done', 'trained' (evaluation missing), 'partial' (resumable) or 'new'; a run
         directory that holds another config than the sweep's is refused."""
@@ -92,7 +99,7 @@ class Sweep:
         meta = json.loads(meta_file.read_text())
         if meta.get("stop_reason") not in FINISHED:
             return "partial"
-        if self.eval_splits and not _evaluated(rundir, self.eval_splits, meta_file):
+        if self.eval_splits and not _evaluated(rundir, self.eval_splits, meta):
             return "trained"
         return "done"
 
@@ -153,9 +160,11 @@ def load_sweep(
     )
     seen: set[str] = set()
     for name, settings in combos:
-        if name is not None and points != [{}]:
-            name = _join([name, _name_of(settings, varying & set(grid))])
-        name = str(name) if name is not None else _name_of(settings, varying)
+        if name is not None:
+            grid_part = _name_of(settings, varying & set(grid)) if varying & set(grid) else ""
+            name = _check_name(str(name), path) + (f"_{grid_part}" if grid_part else "")
+        else:
+            name = _name_of(settings, varying)
         if name in seen:
             raise TinyLMError(f"{path}: two runs would both be named {name!r}; give them names")
         seen.add(name)
@@ -180,10 +189,7 @@ def check_configs(sweep: Sweep) -> None:
 
 def run_sweep(sweep: Sweep, jobs: int = 1, only: list[str] | None = None) -> int:
     """Train (and evaluate) every run not yet done; returns the exit status."""
-    runs = [r for r in sweep.runs if not only or r.name in only]
-    unknown = set(only or []) - {r.name for r in sweep.runs}
-    if unknown:
-        raise TinyLMError(f"--only: no run named {', '.join(sorted(unknown))} in {sweep.path}")
+    runs = sweep.select(only)
     check_configs(sweep)
     _prepare_data(sweep)
     queue: list[tuple[SweepRun, list[list[str]]]] = []
@@ -196,14 +202,16 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: list[str] | None = None) -> int
         if steps:
             queue.append((run, steps))
     logs = sweep.out / "logs" if jobs > 1 else None
-    env = dict(os.environ)
+    env = {**os.environ, SUPERVISED_ENV: "1"}
     if jobs > 1:  # each run gets its share of the cores unless the user chose
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     runner = _Runner(logs, env)
     failed: list[str] = []
     done, start = len(runs) - len(queue), time.monotonic()
     finished_here = 0
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {
+        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         while queue or runner.active:
             while queue and len(runner.active) < jobs:
@@ -230,7 +238,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: list[str] | None = None) -> int
         print("sweep: interrupted; run the same command to resume", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        runner.stop()  # whatever ended the loop, no run is left training without its sweep
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if failed:
         print(f"sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -294,6 +304,7 @@ class _Runner:
                 proc.send_signal(signal.SIGINT)
         for _, proc, _ in self.active.values():
             proc.wait()
+        self.active.clear()
 
 
 def _prepare_data(sweep: Sweep) -> None:
@@ -321,14 +332,18 @@ def _commands(value: Any, path: Path) -> list[list[str]]:
     return commands
 
 
-def _evaluated(run: RunDir, splits: list[str], meta_file: Path) -> bool:
-    """eval.json covers the splits and is newer than the final checkpoint."""
+def _evaluated(run: RunDir, splits: list[str], meta: dict[str, Any]) -> bool:
+    """eval.json holds each split measured on the final checkpoint and the run's own data
+    (a later `tinylm eval --data OTHER` or of an earlier step does not count)."""
     if not run.eval_results.is_file():
         return False
-    if run.eval_results.stat().st_mtime < meta_file.stat().st_mtime:
-        return False
     results = json.loads(run.eval_results.read_text())
-    return all(split in results for split in splits)
+    return all(
+        split in results
+        and results[split].get("step") == meta["step"]
+        and results[split].get("dataset") == meta.get("dataset")
+        for split in splits
+    )
 
 
 def _tinylm() -> list[str]:
@@ -391,6 +406,16 @@ def _name_of(settings: dict[str, Any], keys: set[str]) -> str:
             label = key if short[key] in clash else short[key]
             parts.append(f"{label}-{_text(settings[key])}")
     return _join(parts) or "base"
+
+
+def _check_name(name: str, path: Path) -> str:
+    """A run's given name becomes a directory name beside the others."""
+    if not name or name in (".", "..", "logs") or "/" in name:
+        raise TinyLMError(
+            f"{path}: run name {name!r} cannot name a directory of the sweep's output "
+            "(not empty, '.', '..' or 'logs', and no '/')"
+        )
+    return name
 
 
 def _join(parts: list[str]) -> str:

@@ -60,7 +60,7 @@ from tinylm.precision import (
     resolve_precision,
 )
 from tinylm.progress import progress
-from tinylm.rundir import FINISHED, RECENT_STEPS, RunDir
+from tinylm.rundir import FINISHED, RECENT_STEPS, SUPERVISED_ENV, RunDir
 from tinylm.training.checkpoint import (
     BEST,
     LATEST,
@@ -663,10 +663,11 @@ class Trainer:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_signal:
-            # A second signal stops at once, without a checkpoint; but under torchrun a rank
-            # gets the terminal's Ctrl-C and torchrun's relay of it (or SLURM's SIGTERM
-            # twice), so there only the save counts (torchrun SIGKILLs 30 s after relaying).
-            if self.world_size == 1:
+            # A second signal stops at once, without a checkpoint; but under torchrun or
+            # `tinylm sweep` a run gets the job's signal and its supervisor's relay of it (or
+            # SLURM's SIGTERM twice), so there only the save counts (torchrun SIGKILLs 30 s
+            # after relaying).
+            if self.world_size == 1 and not os.environ.get(SUPERVISED_ENV):
                 raise KeyboardInterrupt
             return
         self.stop_signal = signum
