@@ -45,15 +45,8 @@ def summarize(run: RunDir) -> dict[str, Any]:
     records = run.read_metrics()
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    meta_file = run.latest_checkpoint / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    evals = json.loads(run.eval_results.read_text()) if run.eval_results.is_file() else {}
-    if meta:  # only numbers of the final model on the run's own data (eval.json keeps others)
-        evals = {
-            split: r
-            for split, r in evals.items()
-            if r.get("step") == meta.get("step") and r.get("dataset") == meta.get("dataset")
-        }
+    meta = run.final_meta()
+    evals = run.current_evals(meta)  # the final model's numbers only
     last = train[-1] if train else {}
     # The checkpoint's meta has the final numbers; metrics.jsonl those of a run still going.
     tokens = meta.get("tokens_seen", last.get("tokens"))

@@ -79,6 +79,25 @@ class RunDir:
     def report(self) -> Path:
         return self.path / "report.md"
 
+    def final_meta(self) -> dict[str, Any]:
+        """The latest checkpoint's meta.json ({} before the first checkpoint)."""
+        meta_file = self.latest_checkpoint / "meta.json"
+        return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+    def current_evals(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """eval.json's splits measured on the checkpoint `meta` describes, on the run's own
+        data (eval.json also keeps results of earlier steps and other datasets); all of it
+        when there is no meta to compare with."""
+        if not self.eval_results.is_file():
+            return {}
+        results = json.loads(self.eval_results.read_text())
+        return {
+            split: r
+            for split, r in results.items()
+            if not meta
+            or (r.get("step") == meta.get("step") and r.get("dataset") == meta.get("dataset"))
+        }
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.is_file():
             raise TinyLMError(f"{self.path}: no metrics.jsonl; is this a tinylm run directory?")

@@ -93,13 +93,13 @@ class Sweep:
                     f"run {run.name}: {run.out} holds a run with another config "
                     f"({', '.join(diffs[:3])} differ); remove that directory or rename the run"
                 )
-        meta_file = rundir.latest_checkpoint / "meta.json"
-        if not meta_file.is_file():
+        meta = rundir.final_meta()
+        if not meta:
             return "new"
-        meta = json.loads(meta_file.read_text())
         if meta.get("stop_reason") not in FINISHED:
             return "partial"
-        if self.eval_splits and not _evaluated(rundir, self.eval_splits, meta):
+        evaluated = rundir.current_evals(meta)  # of the final model on its own data
+        if any(split not in evaluated for split in self.eval_splits):
             return "trained"
         return "done"
 
@@ -330,20 +330,6 @@ def _commands(value: Any, path: Path) -> list[list[str]]:
             raise TinyLMError(f"{path}: prepare command {line!r} must name its --out directory")
         commands.append(args)
     return commands
-
-
-def _evaluated(run: RunDir, splits: list[str], meta: dict[str, Any]) -> bool:
-    """eval.json holds each split measured on the final checkpoint and the run's own data
-    (a later `tinylm eval --data OTHER` or of an earlier step does not count)."""
-    if not run.eval_results.is_file():
-        return False
-    results = json.loads(run.eval_results.read_text())
-    return all(
-        split in results
-        and results[split].get("step") == meta["step"]
-        and results[split].get("dataset") == meta.get("dataset")
-        for split in splits
-    )
 
 
 def _tinylm() -> list[str]:
