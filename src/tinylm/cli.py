@@ -611,17 +611,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tinylm.atomic import write_atomic
-    from tinylm.report import build_report, write_report
+    from tinylm.report import build_report, summarize_all, write_report
 
     runs = [RunDir(p) for p in _run_dirs(args.runs)]
     if not runs:
         raise TinyLMError("no run directories among the paths given")
-    text = build_report(runs, title=args.title)  # reads (and checks) every run first
+    summaries = summarize_all(runs)  # reads (and checks) every run first, once
+    text = build_report(runs, summaries, title=args.title)
     print(text)
     if len(runs) == 1:
         write_atomic(runs[0].report, text)
     if args.out:
-        written = write_report(runs, args.out, args.title)
+        written = write_report(runs, args.out, args.title, summaries)
         print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
@@ -655,7 +656,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  tinylm {shlex.join(sweep.train_command(run)[3:])}")
         return 0
     code = run_sweep(sweep, args.jobs, args.only)
-    runs = [RunDir(r.out) for r in sweep.runs if RunDir(r.out).config.is_file()]
+    runs = [run for run in (RunDir(r.out) for r in sweep.runs) if run.config.is_file()]
     if runs and code != 130:
         title = f"sweep {args.sweep.name}" + (f" (scale {args.scale})" if args.scale else "")
         written = write_report(runs, sweep.out / "report.md", title)

@@ -108,10 +108,13 @@ def differing_settings(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_report(
-    runs: list[RunDir], plots: list[str] | None = None, title: str = "tinylm results"
+    runs: list[RunDir],
+    summaries: list[dict[str, Any]],
+    plots: list[str] | None = None,
+    title: str = "tinylm results",
 ) -> str:
-    """The Markdown report; `plots` are image paths (relative to the report) to embed."""
-    summaries = summarize_all(runs)
+    """The Markdown report of summarize_all(runs); `plots` are image paths (relative to
+    the report) to embed."""
     settings = differing_settings(summaries)
     lines = [f"# {title}", ""]
     lines.append("| " + " | ".join(COLUMNS) + " |")
@@ -179,9 +182,8 @@ def _single_run_details(run: RunDir, s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def csv_rows(runs: list[RunDir]) -> list[dict[str, Any]]:
+def csv_rows(runs: list[RunDir], summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row of raw numbers per run (CSV_COLUMNS), for spreadsheets and scripts."""
-    summaries = summarize_all(runs)
     rows = []
     for run, s, d in zip(runs, summaries, differing_settings(summaries), strict=True):
         ev = s["eval"]
@@ -207,11 +209,17 @@ def csv_rows(runs: list[RunDir]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_report(runs: list[RunDir], out: Path, title: str = "tinylm results") -> list[Path]:
+def write_report(
+    runs: list[RunDir],
+    out: Path,
+    title: str = "tinylm results",
+    summaries: list[dict[str, Any]] | None = None,
+) -> list[Path]:
     """OUT.md with its table and plots, beside it OUT.csv and two PNGs: loss against
     tokens seen and against wall time, all runs on each. Returns the files written."""
     from tinylm.plots import plot_losses
 
+    summaries = summaries if summaries is not None else summarize_all(runs)
     out = out.with_suffix(".md")
     written = []
     plots = []
@@ -224,9 +232,9 @@ def write_report(runs: list[RunDir], out: Path, title: str = "tinylm results") -
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_rows(runs))
+    writer.writerows(csv_rows(runs, summaries))
     write_atomic(csv_file, buffer.getvalue())
-    write_atomic(out, build_report(runs, plots, title))
+    write_atomic(out, build_report(runs, summaries, plots, title))
     return [out, csv_file, *written]
 
 

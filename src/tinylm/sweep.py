@@ -234,11 +234,12 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: list[str] | None = None) -> int
                     file=sys.stderr,
                 )
     except KeyboardInterrupt:
-        runner.stop()  # each run saves a checkpoint on SIGINT
         print("sweep: interrupted; run the same command to resume", file=sys.stderr)
         return 130
     finally:
-        runner.stop()  # whatever ended the loop, no run is left training without its sweep
+        # Whatever ended the loop, no run is left training without its sweep: each gets one
+        # SIGINT, saves a checkpoint and exits.
+        runner.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failed:
