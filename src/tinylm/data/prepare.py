@@ -19,7 +19,6 @@ result is byte-identical to an uninterrupted run.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import json
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tinylm import __version__
-from tinylm.atomic import fsync_dir, replace_dir, write_atomic
+from tinylm.atomic import OLD_MARK, fsync_dir, remove_temporaries, replace_dir, write_atomic
 from tinylm.data.clean import CleanOptions, clean_text
 from tinylm.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_DIR, token_dtype
 from tinylm.data.sources import (
@@ -48,14 +47,14 @@ from tinylm.data.sources import (
     source_files,
 )
 from tinylm.data.tokenizer import TOKENIZER_FILE, HFTokenizer, Tokenizer, get_tokenizer
-from tinylm.errors import TinyLMError
+from tinylm.errors import TinyLMError, disk_full
+from tinylm.lock import hold_lock
 from tinylm.progress import progress
 
 SPLITS = ("train", "val", "test")
 CHUNK_CHARS = 1_000_000  # characters of text per unit of work sent to a worker
 SHARD_TOKENS = 100_000_000  # a shard is closed at the first document end past this many tokens
 CHECKPOINT_CHUNKS = 32  # chunks between saved positions (~32M characters)
-DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 PROGRESS = "progress.json"  # inside DIR.partial: how far an interrupted run got
 SEEN = "seen.bin"  # inside DIR.partial: the dedup hashes so far, 16 bytes each
 
@@ -119,8 +118,30 @@ def split_of(text: str, seed: int, fractions: tuple[float, float, float]) -> str
 
 
 def prepare(opts: PrepareOptions) -> dict[str, Any]:
-    """Write the dataset to opts.out and return its manifest."""
+    """Write the dataset to opts.out and return its manifest.
+
+    One prepare writes a dataset at a time: it holds the output's lock (tinylm.lock) for
+    the whole command, and a second `tinylm prepare` on the same --out is refused.
+    """
     out = Path(opts.out)
+    with hold_lock(out, "dataset"):
+        _recover_interrupted(out)
+        return _prepare(opts, out)
+
+
+def _recover_interrupted(out: Path) -> None:
+    """Under the lock: a dataset an interrupted --overwrite had renamed aside (killed
+    between the two renames of replace_dir) comes back; one already replaced goes."""
+    for old in sorted(out.parent.glob(f".{out.name}{OLD_MARK}*")):
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(out)
+            print(f"note: {out}: restored the dataset an interrupted --overwrite had set "
+                  "aside", file=sys.stderr)  # fmt: skip
+
+
+def _prepare(opts: PrepareOptions, out: Path) -> dict[str, Any]:
     _check_out(out, opts.overwrite)
     tokenizer = get_tokenizer(opts.tokenizer)
     weights = list(opts.weights) if opts.weights else [1.0] * len(opts.sources)
@@ -144,14 +165,16 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
             file=sys.stderr,
         )
     partial.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(partial)  # a killed run's half-written progress.json, say
     try:
         manifest = _prepare_into(partial, opts, tokenizer, weights, workers, key, resume)
         (partial / PROGRESS).unlink(missing_ok=True)
         (partial / SEEN).unlink(missing_ok=True)
+        remove_temporaries(partial)
         replace_dir(partial, out)
     except OSError as err:
         shutil.rmtree(partial, ignore_errors=True)
-        if err.errno in DISK_FULL:
+        if disk_full(err):
             raise TinyLMError(
                 f"{out}: disk full while writing ({err.strerror}); "
                 "free some space or choose another --out, then run prepare again"

@@ -41,7 +41,7 @@ import torch
 import yaml
 
 from tinylm import distributed
-from tinylm.atomic import write_atomic
+from tinylm.atomic import remove_temporaries, write_atomic
 from tinylm.config import Config, config_differences, config_from_dict, load_config
 from tinylm.data.dataset import PreparedDataset
 from tinylm.data.loader import BlockLoader
@@ -49,6 +49,8 @@ from tinylm.data.tokenizer import Tokenizer
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError, is_out_of_memory
 from tinylm.evaluate import EvalResult, evaluate
+from tinylm.faults import kill_point
+from tinylm.lock import hold_lock
 from tinylm.loss import chunked_next_token_loss
 from tinylm.model import GPT
 from tinylm.plots import plot_losses
@@ -104,14 +106,28 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
 
     An existing run is resumed from its latest checkpoint when `resume` is set or when
     its config is the same as this one (re-running a command continues it); otherwise
-    it is refused unless `overwrite`.
+    it is refused unless `overwrite`. One process trains a run at a time: rank 0 holds
+    the run's lock (tinylm.lock) for the whole command, and a second `tinylm train` on
+    the same --out is refused.
     """
     run = RunDir(Path(out))
+    if not distributed.env().is_main:  # ranks > 0 never write the run directory
+        return _train(config, run, overwrite, resume)
+    with hold_lock(run.path, "run"):
+        # Holding the lock, anything half-done here is a dead writer's: finish or undo it.
+        _recover_interrupted(run)
+        return _train(config, run, overwrite, resume)
+
+
+def _train(config: Config, run: RunDir, overwrite: bool, resume: bool) -> TrainResult:
     checkpoint = _resume_point(run, config, overwrite, resume)
     if checkpoint is not None and not resume:
         meta = read_meta(checkpoint)
         if meta.get("stop_reason") in FINISHED:
-            # Re-running a finished run's command (a sweep does) changes nothing.
+            # Re-running a finished run's command (a sweep does) changes nothing, except
+            # the loss plot a kill after the final checkpoint may have kept from being drawn.
+            if distributed.is_main() and not run.loss_plot.is_file():
+                plot_losses([run], run.loss_plot)
             _print(
                 f"{run.path}: finished already ({meta['stop_reason']} at step {meta['step']:,}); "
                 "nothing to do (--resume with a larger budget continues it)"
@@ -121,11 +137,13 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
     trainer = Trainer(config, run, checkpoint)  # validates everything before any write
     distributed.barrier()  # every rank has read the run directory before rank 0 changes it
     main = distributed.is_main()
-    # An earlier run being overwritten is kept aside until this one has its checkpoint.
-    previous = run.path.parent / f".{run.path.name}.previous-{os.getpid()}"
+    # An earlier run being overwritten is kept aside until this one has its checkpoint
+    # (a kill in between: the next command on this --out puts it back).
+    previous = _set_aside_path(run)
     if fresh and main:
         if run.path.exists():
             run.path.rename(previous)
+            kill_point("overwrite:set-aside")
         run.path.mkdir(parents=True)
     try:
         result = trainer.fit()
@@ -139,6 +157,33 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
         if main:
             shutil.rmtree(previous, ignore_errors=True)  # gone already if it was put back
     return result
+
+
+def _set_aside_path(run: RunDir) -> Path:
+    """Where --overwrite keeps the earlier run until the new one has a checkpoint."""
+    return run.path.parent / f".{run.path.name}.previous"
+
+
+def _recover_interrupted(run: RunDir) -> None:
+    """Undo or finish what a killed `tinylm train` on this run left half-done (under the
+    run's lock, so no live writer owns it): an --overwrite's set-aside earlier run comes
+    back unless the new run had reached its first checkpoint, and temporary files go."""
+    # `.RUN.previous-PID`: the name before the lock made the PID unneeded.
+    for previous in sorted(run.path.parent.glob(f".{run.path.name}.previous*")):
+        if not previous.is_dir():
+            continue
+        if run.latest_checkpoint.exists():  # the new run took over: the old one is done
+            shutil.rmtree(previous, ignore_errors=True)
+            _print(f"note: removed {previous}, the earlier run an interrupted --overwrite "
+                   f"of {run.path} replaced")  # fmt: skip
+        else:
+            shutil.rmtree(run.path, ignore_errors=True)
+            previous.rename(run.path)
+            _print(f"note: {run.path}: restored the earlier run that an interrupted "
+                   "--overwrite had set aside (the new run had no checkpoint yet)")  # fmt: skip
+    if run.path.is_dir():
+        remove_temporaries(run.path)
+        CheckpointStore(run.checkpoints, 1).clean_partial()
 
 
 def _finished_result(run: RunDir, meta: dict[str, Any]) -> TrainResult:
@@ -284,6 +329,7 @@ class Trainer:
         self.train_seconds_before = self.elapsed_before = 0.0  # of earlier sessions
 
         self.resumed_from: int | None = None
+        self.resumed_records: int | None = None  # metrics records the checkpoint accounts for
         if resume_from is not None:
             self._resume(resume_from)
         distributed.seed_rank_rng(t.seed, self.step)  # ranks > 0: their own dropout
@@ -321,7 +367,10 @@ class Trainer:
             write_atomic(run.config, _config_yaml(self.config))
             self.store.clean_partial()
             self.metrics = MetricsLog(
-                run.metrics, run.tensorboard if t.tensorboard else None, self.resumed_from
+                run.metrics,
+                run.tensorboard if t.tensorboard else None,
+                self.resumed_from,
+                self.resumed_records,
             )
         what = f"resumed at step {self.step:,}" if self.resumed_from is not None else "run"
         world = self.world_size
@@ -372,13 +421,17 @@ class Trainer:
             if self.step:
                 # The final validation (unless this step had one); a signal saves at once,
                 # as a preempted job may have only seconds left.
-                self._save(best=stop_reason != "signal" and self._validate())
+                improved = stop_reason != "signal" and self._validate()
+                kill_point("end:validated")
+                self._save(best=improved)
+                kill_point("end:saved")
         finally:
             _restore_signal_handlers(previous_handlers)
             if self.metrics is not None:
                 self.metrics.close()
         if main:
-            plot_losses([run], run.loss_plot)
+            plot_losses([run], run.loss_plot)  # redrawn by a rerun if a kill prevents it
+            kill_point("end:plotted")
         return TrainResult(
             run,
             self.step,
@@ -555,17 +608,26 @@ class Trainer:
             self.saved_step = self.step
         if not distributed.is_main():
             return
+        # The order makes `latest` (or, for the same step, its meta) the commit point: a
+        # kill before it resumes from the previous checkpoint, one after it finds the
+        # checkpoint whole, `best` included (see docs/run-directory.md, "Kills").
         if new:
             rng_json, rng_tensors = capture_rng()  # rank 0's generators (see _resume)
             meta["rng"] = rng_json
             state = {**moments, **rng_tensors}
-            path = self.store.save(self.step, model, self.config, meta, state)
+            path = self.store.write(self.step, model, self.config, meta, state)
+            kill_point("checkpoint:written")
         else:  # same tensors: only the metadata moves on
-            path = self.store.target("latest")
+            path = self.store.target(LATEST)
             assert path is not None
-            self.store.rewrite_meta(path, self.config, meta)
         if best:
             self.store.point(BEST, path)
+            kill_point("checkpoint:best")
+        if new:
+            self.store.point(LATEST, path)
+        else:
+            self.store.rewrite_meta(path, self.config, meta)
+        kill_point("checkpoint:committed")
         self.store.prune()
 
     def _full_state(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -598,6 +660,8 @@ class Trainer:
             "dataset": str(self.dataset.path),
             "tokenizer": {"name": self.tokenizer.name, "fingerprint": self.tokenizer.fingerprint},
             "num_parameters": self.model.num_parameters(),
+            # metrics.jsonl records this checkpoint accounts for: a resume drops later ones
+            "metrics_records": self.metrics.records if self.metrics is not None else None,
             "interrupted": bool(self.stop_signal),
             "stop_reason": self.stop_reason,
             "trainer": {
@@ -658,6 +722,7 @@ class Trainer:
         self.train_seconds_before = meta["train_seconds"]
         self.elapsed_before = meta["elapsed_s"]
         self.resumed_from = self.step
+        self.resumed_records = meta.get("metrics_records")
 
     # --- signals, progress, records ---------------------------------------------------
 
