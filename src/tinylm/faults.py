@@ -4,13 +4,16 @@ the second time it reaches that point (`@1`, the first, is the default).
 
 The points mark the steps of sequences whose every prefix must be recoverable: the
 end of a training run (end:*), a checkpoint write (checkpoint:*), an --overwrite
-(overwrite:*). Off unless the variable is set; the cost is one environment lookup.
+(overwrite:*). `TINYLM_KILL_AT=trace` kills nowhere and prints each point reached
+(`kill point: NAME@N` on stderr), which is how tests list them. Off unless the variable
+is set; the cost is one environment lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections import Counter
 
 KILL_ENV = "TINYLM_KILL_AT"
@@ -23,8 +26,10 @@ def kill_point(name: str) -> None:
     if not wanted:
         return
     point, _, nth = wanted.partition("@")
-    if point != name:
+    if point not in (name, "trace"):
         return
     _reached[name] += 1
-    if _reached[name] == int(nth or 1):
+    if point == "trace":
+        print(f"kill point: {name}@{_reached[name]}", file=sys.stderr, flush=True)
+    elif _reached[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
