@@ -286,17 +286,32 @@ def _check_type(value: Any, kind: Any, key: str) -> None:
         raise TinyLMError(f"config: {key}={value!r}: expected {_type_name(kind)}")
 
 
+def parse_number(text: str, kind: type, limit: Limit, name: str) -> Any:
+    """A command-line number read exactly as a config value of that type (1e3 is an int,
+    nan, inf and 1.5-for-an-int are not) and checked against `limit`."""
+    value = _coerce(text, kind, name)
+    problem = range_problem(value, limit)
+    if problem:
+        raise TinyLMError(f"{name} {_shown(value)} {problem}")
+    return value
+
+
+def range_problem(value: int | float, limit: Limit) -> str:
+    """Why a number is outside `limit` ("" when it is inside)."""
+    low = value > limit.low if limit.low_open else value >= limit.low
+    high = value < limit.high if limit.high_open else value <= limit.high
+    if math.isfinite(value) and low and high:
+        return ""
+    return f"is out of range; expected {_describe_range(limit, isinstance(value, int))}"
+
+
 def _check_limit(value: Any, limit: Limit, key: str) -> None:
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, int | float):
-        low = value > limit.low if limit.low_open else value >= limit.low
-        high = value < limit.high if limit.high_open else value <= limit.high
-        if not (math.isfinite(value) and low and high):
-            raise TinyLMError(
-                f"config: {key}={_shown(value)} is out of range; expected "
-                f"{_describe_range(limit, isinstance(value, int))}"
-            )
+        problem = range_problem(value, limit)
+        if problem:
+            raise TinyLMError(f"config: {key}={_shown(value)} {problem}")
     elif isinstance(value, str):
         if limit.choices and value not in limit.choices:
             raise TinyLMError(

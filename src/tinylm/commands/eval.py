@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from tinylm.commands.options import add_checkpoint_args
-from tinylm.errors import TinyLMError
+from tinylm.commands.options import add_checkpoint_args, number
+from tinylm.config import COUNT, Limit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", nargs="+", default=["val", "test"], help="splits (default: val test)")
     p.add_argument("--data", type=Path, help="dataset directory (default: the one it trained on)")
     p.add_argument(
-        "--batch-size", type=int, default=32, help="blocks per forward pass (default: 32)"
+        "--batch-size",
+        type=number(int, Limit(1, COUNT)),
+        default=32,
+        help="blocks per forward pass (default: 32)",
     )
     p.set_defaults(func=run)
 
@@ -32,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from tinylm.evaluate import evaluate
     from tinylm.inference import load_for_inference
 
-    if args.batch_size <= 0:
-        raise TinyLMError("--batch-size must be positive")
     loaded = load_for_inference(args.run, args.device)
     config = loaded.checkpoint.config
     dataset = PreparedDataset.open(args.data or config.data.path)
