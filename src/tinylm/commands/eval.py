@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from tinylm.commands.options import add_checkpoint_args, number
@@ -30,7 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinylm.atomic import write_atomic
     from tinylm.data.dataset import PreparedDataset
     from tinylm.evaluate import evaluate
     from tinylm.inference import load_for_inference
@@ -59,7 +57,5 @@ def run(args: argparse.Namespace) -> int:
         bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte is not None else "-"
         print(f"{split:>6} {r.tokens:>10,} {r.loss:>8.4f} {r.perplexity:>11.2f} {bpb:>10}")
     if loaded.run is not None:
-        eval_file = loaded.run.eval_results
-        previous = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
-        write_atomic(eval_file, json.dumps({**previous, **results}, indent=2) + "\n")
+        loaded.run.record_eval_results(results)
     return 0

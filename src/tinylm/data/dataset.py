@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tinylm.confine import confined
 from tinylm.errors import TinyLMError
 
 MANIFEST = "manifest.json"
@@ -110,7 +111,9 @@ class PreparedDataset:
         from tinylm.data.tokenizer import get_tokenizer
 
         file = self.manifest["tokenizer"].get("file")
-        tokenizer = get_tokenizer(str(self.path / file) if file else self.tokenizer_name)
+        if file:
+            file = confined(self.path, file, str(self.path / MANIFEST))
+        tokenizer = get_tokenizer(str(file) if file else self.tokenizer_name)
         self.check_tokenizer(tokenizer.fingerprint, tokenizer.name, "the installed tokenizer")
         return tokenizer
 
@@ -123,7 +126,7 @@ class PreparedDataset:
         dtype = np.dtype(self.manifest["dtype"])
         shards = []
         for shard in self.splits[split]["shards"]:
-            file = self.path / shard["file"]
+            file = confined(self.path, shard["file"], str(self.path / MANIFEST))
             expected = shard["tokens"] * dtype.itemsize
             if not file.is_file() or file.stat().st_size != expected:
                 raise TinyLMError(
