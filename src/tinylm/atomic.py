@@ -11,12 +11,17 @@ import os
 import shutil
 from pathlib import Path
 
+from tinylm.errors import TinyLMError
+from tinylm.faults import kill_point
+
 TEMP_MARK = ".tmp-"  # .NAME.tmp-PID: being written
 OLD_MARK = ".old-"  # .NAME.old-PID: being replaced
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write a whole file or nothing: a temporary file beside it, fsynced, then renamed."""
+    if path.is_dir():
+        raise TinyLMError(f"{path}: is a directory; name a file to write")
     tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
     mode = "wb" if isinstance(data, bytes) else "w"
     try:
@@ -24,6 +29,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        kill_point("write:before-rename")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk, say: no half-written temp file stays

@@ -25,6 +25,6 @@ def disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return err.errno in DISK_FULL
     text = str(err)
-    return type(err).__name__ == "SafetensorError" and (
-        "No space left" in text or "os error 28" in text or "quota exceeded" in text.lower()
+    return type(err).__name__ == "SafetensorError" and any(
+        f"(os error {code})" in text for code in DISK_FULL
     )

@@ -155,13 +155,16 @@ def _read_file(path: Path, options: SourceOptions, counts: SourceCounts) -> Iter
 def _read_text(
     path: Path, f: io.BufferedReader, options: SourceOptions, counts: SourceCounts
 ) -> Iterator[Document]:
-    """The file as one document; a file over TEXT_PIECE bytes as pieces cut at blank lines.
-
-    Cutting keeps memory bounded for a single huge text file (a 1 GB dump is ~256 documents).
-    """
+    """The file as one document; a file over TEXT_PIECE bytes as pieces cut at blank lines
+    past every 4 MiB, never longer than 8 MiB (a line past 4 MiB is cut too, see
+    _bounded_lines). So memory stays bounded for a single huge text file, newlines or not
+    (a 1 GB dump is ~256 documents)."""
     piece: list[bytes] = []
     size = start = part = 0
     for line in _bounded_lines(f, TEXT_PIECE):
+        if piece and size + len(line) > 2 * TEXT_PIECE:  # no piece grows past 8 MiB
+            yield from _text_piece(path, piece, start, part, options, counts)
+            start, size, part, piece = start + size, 0, part + 1, []
         piece.append(line)
         size += len(line)
         if size >= TEXT_PIECE and (not line.strip() or size >= 2 * TEXT_PIECE):
