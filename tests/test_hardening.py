@@ -285,3 +285,44 @@ def test_a_prepared_dataset_still_prepares(tmp_path):
         PrepareOptions(sources=["builtin:wiki"], out=tmp_path / "d", tokenizer="bytes")
     )
     assert manifest["splits"]["train"]["tokens"] > 0
+
+
+# --- 6. (continued) damaged metadata a command reads ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: b"\xff\xfe{",
+        lambda m: b"[1]",
+        lambda m: {**m, "splits": [1]},
+        lambda m: {**m, "tokenizer": None},
+        lambda m: {**m, "dtype": "<q9"},
+        lambda m: {**m, "tokenizer": {**m["tokenizer"], "fingerprint": None}},
+        lambda m: {**m, "splits": {"train": {"documents": 1, "tokens": 1}}},
+    ],
+)
+def test_a_damaged_manifest_is_one_line(wiki_data, tmp_path, capsys, damage):
+    data = tmp_path / "data"
+    shutil.copytree(wiki_data, data)
+    damaged = damage(json.loads((data / "manifest.json").read_text()))
+    text = damaged if isinstance(damaged, bytes) else json.dumps(damaged).encode()
+    (data / "manifest.json").write_bytes(text)
+    for command in (
+        ["data", "stats", data],
+        ["train", f"data.path={data}", *TINY, "--out", tmp_path / "r"],
+    ):
+        code, _, err = run_cli(capsys, *command)
+        assert_one_line_error(code, err, "manifest.json")
+
+
+@pytest.mark.parametrize(("file", "text"), [("config.yaml", "[1, 2]\n"), ("config.yaml", ""),
+                                            ("checkpoints/latest/meta.json", "{")])  # fmt: skip
+def test_report_of_a_run_with_damaged_files_is_one_line(tiny_run, tmp_path, capsys, file, text):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    target = (run / file).resolve()
+    target.unlink()
+    target.write_text(text)
+    code, _, err = run_cli(capsys, "report", run)
+    assert_one_line_error(code, err, target.name)

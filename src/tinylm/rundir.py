@@ -84,7 +84,18 @@ class RunDir:
     def final_meta(self) -> dict[str, Any]:
         """The latest checkpoint's meta.json ({} before the first checkpoint)."""
         meta_file = self.latest_checkpoint / "meta.json"
-        return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        if not meta_file.is_file():
+            return {}
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError
+        except ValueError:
+            raise TinyLMError(
+                f"{meta_file}: damaged checkpoint metadata; point checkpoints/latest at an "
+                "earlier step-N directory, or train the run again"
+            ) from None
+        return meta
 
     def current_evals(self, meta: dict[str, Any]) -> dict[str, Any]:
         """eval.json's splits measured on the checkpoint `meta` describes, on the run's own

@@ -133,7 +133,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / META).read_text())
         config_from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:  # JSON, UTF-8, a missing key
         raise TinyLMError(f"{path / META}: damaged checkpoint metadata ({err})") from None
     return meta
 
