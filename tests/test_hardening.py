@@ -326,3 +326,22 @@ def test_report_of_a_run_with_damaged_files_is_one_line(tiny_run, tmp_path, caps
     target.write_text(text)
     code, _, err = run_cli(capsys, "report", run)
     assert_one_line_error(code, err, target.name)
+
+
+# --- 4. (continued) a kill during prepare --overwrite -----------------------------------
+
+
+def test_a_kill_during_prepare_overwrite_puts_the_dataset_back(tmp_path):
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "tinylm", "prepare", "builtin:wiki", "--tokenizer", "bytes",
+               "--workers", "1", "--out", str(out)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    manifest = (out / "manifest.json").read_text()
+    env = {**os.environ, KILL_ENV: "replace:set-aside"}
+    killed = subprocess.run([*command, "--overwrite", "--split", "90,5,5"], env=env, timeout=300)
+    assert killed.returncode == -9 and not out.exists()  # the window: set aside, not replaced
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2  # the same dataset is there again, so it refuses to redo it
+    assert "restored the dataset an interrupted --overwrite had set aside" in again.stderr
+    assert (out / "manifest.json").read_text() == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

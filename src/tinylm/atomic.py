@@ -60,6 +60,7 @@ def replace_dir(tmp: Path, dest: Path) -> None:
     old = dest.parent / f".{dest.name}{OLD_MARK}{os.getpid()}"
     if dest.exists():
         dest.rename(old)
+        kill_point("replace:set-aside")  # the next writer (holding the lock) puts it back
     tmp.rename(dest)
     fsync_dir(dest.parent)
     shutil.rmtree(old, ignore_errors=True)

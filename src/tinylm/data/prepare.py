@@ -131,7 +131,8 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
 
 def _recover_interrupted(out: Path) -> None:
     """Under the lock: a dataset an interrupted --overwrite had renamed aside (killed
-    between the two renames of replace_dir) comes back; one already replaced goes."""
+    between the two renames of replace_dir) comes back; one already replaced goes; a
+    work directory with no saved position to resume from goes too."""
     for old in sorted(out.parent.glob(f".{out.name}{OLD_MARK}*")):
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -139,6 +140,15 @@ def _recover_interrupted(out: Path) -> None:
             old.rename(out)
             print(f"note: {out}: restored the dataset an interrupted --overwrite had set "
                   "aside", file=sys.stderr)  # fmt: skip
+    partial = _partial_dir(out)
+    if partial.is_dir() and not (partial / PROGRESS).is_file():
+        print(f"note: removing {partial} left by an interrupted prepare", file=sys.stderr)
+        shutil.rmtree(partial)
+
+
+def _partial_dir(out: Path) -> Path:
+    """Where a prepare builds DIR: `.DIR.partial` beside it."""
+    return out.parent / f".{out.name}.partial"
 
 
 def _prepare(opts: PrepareOptions, out: Path) -> dict[str, Any]:
@@ -152,7 +162,7 @@ def _prepare(opts: PrepareOptions, out: Path) -> dict[str, Any]:
     for spec in opts.sources:
         check_source(spec)
     workers = opts.workers or os.cpu_count() or 1
-    partial = out.parent / f".{out.name}.partial"
+    partial = _partial_dir(out)
     key = _resume_key(opts, tokenizer)
     resume = _saved_progress(partial, key)
     if resume is None and partial.exists():

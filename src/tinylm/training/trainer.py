@@ -181,9 +181,9 @@ def _recover_interrupted(run: RunDir) -> None:
             previous.rename(run.path)
             _print(f"note: {run.path}: restored the earlier run that an interrupted "
                    "--overwrite had set aside (the new run had no checkpoint yet)")  # fmt: skip
-    if run.path.is_dir():
-        remove_temporaries(run.path)
-        CheckpointStore(run.checkpoints, 1).clean_partial()
+    if run.path.is_dir():  # the run's files, checkpoints/ and each checkpoint's files
+        for folder in (run.path, run.checkpoints, *run.checkpoints.glob("step-*")):
+            remove_temporaries(folder)
 
 
 def _finished_result(run: RunDir, meta: dict[str, Any]) -> TrainResult:
