@@ -345,3 +345,14 @@ def test_a_kill_during_prepare_overwrite_puts_the_dataset_back(tmp_path):
     assert "restored the dataset an interrupted --overwrite had set aside" in again.stderr
     assert (out / "manifest.json").read_text() == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# --- 7. (continued) train checks the model's size before allocating it -----------------
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating(wiki_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    huge = ["model.n_embd=65536", "model.n_head=2", "model.n_layer=2"]  # ~110 G parameters
+    code, _, err = run_cli(capsys, "train", f"data.path={wiki_data}", *TINY, *huge, "--out", out)
+    assert_one_line_error(code, err, "parameters", "GiB free", "model.n_embd")
+    assert not out.exists()

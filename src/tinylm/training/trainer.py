@@ -302,6 +302,7 @@ class Trainer:
             _print(f"note: the {config.data.val_split} split is empty; training without validation")
             self.val_tokens = None
 
+        _check_fits(config, self.device, self.world_size)  # before allocating the model
         self.model, self.optimizer = self._build_model_and_optimizer()
         self.scaler = grad_scaler(self.precision, self.device)  # fp16 only; a no-op otherwise
         # self.model is the GPT that is saved; self.wrapped the module a step calls (DDP's
@@ -792,6 +793,43 @@ def _planned_steps(config: Config, batches_per_epoch: int, accum: int) -> int:
         tokens_per_step = t.batch_size * t.grad_accum * config.model.block_size
         limits.append(math.ceil(t.max_tokens / tokens_per_step))
     return min(limits) if limits else sys.maxsize  # time budget only
+
+
+TRAINING_BYTES_PER_PARAMETER = 16
+"""fp32 weights, gradients and AdamW's two moments: the floor of training memory per
+parameter, before any activation."""
+
+
+def _check_fits(config: Config, device: torch.device, world_size: int) -> None:
+    """Refuse a model whose weights, gradients and AdamW state alone exceed the memory
+    this device has free (a typo of n_embd or n_layer), before anything is allocated:
+    the parameters are counted on the meta device. FSDP shards them over the processes."""
+    with torch.device("meta"):
+        parameters = GPT(config.model).num_parameters()
+    shards = world_size if config.train.parallel == "fsdp" else 1
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER / shards
+    free = _free_memory(device)
+    if free is not None and needed > free:
+        raise TinyLMError(
+            f"the model has {parameters:,} parameters: its weights, gradients and AdamW "
+            f"state need {needed / 2**30:,.1f} GiB per process, more than the "
+            f"{free / 2**30:,.1f} GiB free on {device}; lower model.n_embd, model.n_layer "
+            "or model.vocab_size"
+        )
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free on the device (CPU: MemAvailable), None where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return None
 
 
 def _cpu_model(config: Config) -> GPT:
