@@ -105,6 +105,31 @@ def test_second_prepare_on_a_dataset_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no lock, no partial
 
 
+def test_two_prepares_of_one_dataset_the_second_is_refused(tmp_path):
+    """The issue's case: two real `tinylm prepare` runs on one --out. The first (a 36 MB
+    corpus, a few seconds) finishes a consistent dataset; the second is refused."""
+    corpus = tmp_path / "corpus.jsonl"
+    words = ["alpha", "beta", "gamma", "delta", "tiny", "model", "token", "shard", "lock"]
+    with open(corpus, "w") as f:
+        for i in range(60_000):
+            text = " ".join(words[(i * 7 + j * j) % len(words)] for j in range(100))
+            f.write(json.dumps({"text": f"{text} {i}"}) + "\n")
+    out = tmp_path / "data"
+    command = [*TINYLM, "prepare", str(corpus), "--workers", "1", "--out", str(out)]
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    wait_for_holder(out, first.pid)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    line = one_error_line(second)
+    assert f"process {first.pid} is writing this dataset" in line, line
+    from tinylm.data.dataset import PreparedDataset
+
+    dataset = PreparedDataset.open(out)
+    for split in dataset.splits:  # every shard's size agrees with the manifest
+        assert len(dataset.tokens(split)) == dataset.splits[split]["tokens"]
+
+
 def test_lock_is_released_by_death_and_refuses_in_process(tmp_path):
     target = tmp_path / "out"
     holder = subprocess.Popen(
