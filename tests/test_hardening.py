@@ -356,3 +356,27 @@ def test_a_model_too_large_for_memory_is_refused_before_allocating(wiki_data, tm
     code, _, err = run_cli(capsys, "train", f"data.path={wiki_data}", *TINY, *huge, "--out", out)
     assert_one_line_error(code, err, "parameters", "GiB free", "model.n_embd")
     assert not out.exists()
+
+
+# --- 6. (continued) numbers inside string flags -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--weights", "inf"],  # was an OverflowError
+        ["--weights", "1e308"],  # was 1e308 copies of each document, until the disk was full
+        ["--weights", "nan"],
+        ["--weights", "-1"],
+        ["--split", "inf,1,1"],  # was accepted (NaN shares)
+        ["--split", "nan,1,1"],
+        ["--split", "1e308,1e308,1"],
+        ["--split", "1,2"],
+    ],
+)
+def test_numbers_inside_prepare_flags(tmp_path, capsys, flag):
+    out = tmp_path / "data"
+    code, _, err = run_cli(capsys, "prepare", "builtin:wiki", "--tokenizer", "bytes", *flag,
+                           "--out", out)  # fmt: skip
+    assert_one_line_error(code, err, flag[0])
+    assert list(tmp_path.iterdir()) == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -52,6 +53,7 @@ from tinylm.lock import hold_lock
 from tinylm.progress import progress
 
 SPLITS = ("train", "val", "test")
+MAX_WEIGHT = 1000.0  # copies of each document a mixture weight may ask for
 CHUNK_CHARS = 1_000_000  # characters of text per unit of work sent to a worker
 SHARD_TOKENS = 100_000_000  # a shard is closed at the first document end past this many tokens
 CHECKPOINT_CHUNKS = 32  # chunks between saved positions (~32M characters)
@@ -87,7 +89,8 @@ def parse_split(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in text.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] == 0:
+    finite = all(math.isfinite(p) for p in parts) and math.isfinite(sum(parts))
+    if len(parts) != 3 or not finite or any(p < 0 for p in parts) or parts[0] == 0:
         raise TinyLMError(
             f"--split {text!r}: expected three non-negative numbers train,val,test, e.g. 98,1,1"
         )
@@ -155,9 +158,10 @@ def _prepare(opts: PrepareOptions, out: Path) -> dict[str, Any]:
     _check_out(out, opts.overwrite)
     tokenizer = get_tokenizer(opts.tokenizer)
     weights = list(opts.weights) if opts.weights else [1.0] * len(opts.sources)
-    if len(weights) != len(opts.sources) or any(not w > 0 for w in weights):
+    if len(weights) != len(opts.sources) or any(not 0 < w <= MAX_WEIGHT for w in weights):
         raise TinyLMError(
-            f"--weights: expected {len(opts.sources)} positive numbers, one per source"
+            f"--weights: expected {len(opts.sources)} numbers in (0, {MAX_WEIGHT:g}], one per "
+            "source (a weight is how many times each document is written)"
         )
     for spec in opts.sources:
         check_source(spec)
