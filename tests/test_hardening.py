@@ -380,3 +380,12 @@ def test_numbers_inside_prepare_flags(tmp_path, capsys, flag):
                            "--out", out)  # fmt: skip
     assert_one_line_error(code, err, flag[0])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_huge_bpe_vocabulary_is_refused_before_the_trainer_allocates(tmp_path, capsys):
+    """2**32 passed the old check and aborted the Rust trainer (283 GB allocation)."""
+    code, _, err = run_cli(
+        capsys, "tokenizer", "train", "builtin:wiki", "--vocab-size", 2**32, "--out", tmp_path / "t"
+    )
+    assert_one_line_error(code, err, "--vocab-size")
+    assert not (tmp_path / "t").exists()

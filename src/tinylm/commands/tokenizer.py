@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, type=Path, help="directory for tokenizer.json")
     t.add_argument(
         "--vocab-size",
-        type=number(int, Limit(1, 2**32)),
+        type=number(int, Limit(1, 2**20)),
         required=True,
         help="tokens, EOT included",
     )
