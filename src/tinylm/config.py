@@ -133,12 +133,29 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with gradient clipping and a learning-rate schedule (constant in the study)."""
+    """AdamW (or Muon + AdamW) with gradient clipping and a learning-rate schedule
+    (constant AdamW in the study)."""
 
+    optimizer: str = "adamw"
+    """'adamw' for every parameter, or 'muon': torch.optim.Muon for the 2-D matrices inside
+    the blocks and AdamW (the fields below) for embeddings, output layer, norms, biases."""
     lr: float = 1e-3
-    """Peak learning rate (the reference study used 1e-3 and 5e-4, constant)."""
+    """Peak learning rate of AdamW (the reference study used 1e-3 and 5e-4, constant)."""
     weight_decay: float = 0.01
-    """Applied to weight matrices only; never to biases, LayerNorms or the position table."""
+    """AdamW's, on weight matrices only; never on biases, norms or the position table."""
+    muon_lr: float = 0.02
+    """Muon only: peak learning rate of the block matrices (the reference Muon's 0.02;
+    torch's own default is 1e-3). The schedule scales it as it scales lr."""
+    muon_momentum: float = 0.95
+    """Muon only: momentum (Nesterov)."""
+    muon_weight_decay: float = 0.0
+    """Muon only: decoupled weight decay, applied as w -= lr * wd * w (torch's default is
+    0.1, the reference Muon's 0)."""
+    muon_ns_steps: int = 5
+    """Muon only: Newton-Schulz iterations that orthogonalise each update."""
+    muon_adjust_lr: str = "original"
+    """Muon only: update scale per matrix shape, 'original' (sqrt(max(1, rows/cols)), the
+    reference's) or 'match_rms_adamw' (0.2 * sqrt(max(rows, cols)), Moonshot's)."""
     beta1: float = 0.9
     """AdamW first-moment decay."""
     beta2: float = 0.999
@@ -160,6 +177,10 @@ class OptimConfig:
     """WSD only: the share of schedule_length spent decaying (the rest is stable)."""
     min_lr_ratio: float = 0.1
     """Cosine and WSD decay to lr * min_lr_ratio (and stay there)."""
+
+
+OPTIMIZERS = ("adamw", "muon")
+MUON_ADJUST_LR = ("original", "match_rms_adamw")
 
 
 @dataclass
@@ -270,6 +291,19 @@ class Config:
             f"{m.n_embd // m.n_head})",
         )
         _require(self.optim.lr > 0, "optim.lr must be positive")
+        _require(
+            self.optim.optimizer in OPTIMIZERS,
+            f"optim.optimizer={self.optim.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+        )
+        _require(
+            self.optim.muon_adjust_lr in MUON_ADJUST_LR,
+            f"optim.muon_adjust_lr={self.optim.muon_adjust_lr!r}; choose one of "
+            f"{', '.join(MUON_ADJUST_LR)}",
+        )
+        _require(self.optim.muon_lr > 0, "optim.muon_lr must be positive")
+        _require(0 <= self.optim.muon_momentum < 1, "optim.muon_momentum must be in [0, 1)")
+        _require(self.optim.muon_weight_decay >= 0, "optim.muon_weight_decay must not be negative")
+        _require(0 < self.optim.muon_ns_steps < 100, "optim.muon_ns_steps must be in 1..99")
         _require(t.batch_size > 0, "train.batch_size must be positive")
         _require(t.grad_accum > 0, "train.grad_accum must be positive")
         _require(t.micro_batch_size >= 0, "train.micro_batch_size must not be negative")

@@ -111,8 +111,7 @@ def _training_section(ckpt: Checkpoint) -> str:
         ("tokens seen", f"{meta.get('tokens_seen', 0):,}"),
         ("batch", f"{t.batch_size} × {ckpt.config.model.block_size} tokens"),
         ("budget", budget or "-"),
-        ("optimizer", f"AdamW, lr {o.lr:g}, weight decay {o.weight_decay:g}, "
-         f"gradient clip {o.grad_clip:g}"),
+        ("optimizer", _optimizer_facts(o)),
         ("seed", str(t.seed)),
     ]  # fmt: skip
     if meta.get("train_seconds") is not None:
@@ -122,6 +121,16 @@ def _training_section(ckpt: Checkpoint) -> str:
     if meta.get("interrupted"):
         rows.append(("note", "training was interrupted before its budget ended"))
     return "## Training\n\n" + _table(rows)
+
+
+def _optimizer_facts(o: Any) -> str:
+    adamw = f"AdamW, lr {o.lr:g}, weight decay {o.weight_decay:g}"
+    if o.optimizer == "muon":
+        adamw = (
+            f"Muon on the blocks' matrices (lr {o.muon_lr:g}, momentum {o.muon_momentum:g}, "
+            f"weight decay {o.muon_weight_decay:g}) and {adamw} on the rest"
+        )
+    return f"{adamw}, {o.schedule} schedule, gradient clip {o.grad_clip:g}"
 
 
 def _evaluation_section(run: RunDir | None, step: int | None) -> str:

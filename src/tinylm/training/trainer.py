@@ -464,8 +464,8 @@ class Trainer:
             and self.scaler.get_scale() >= 1.0
         )
         if finite:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            for group in self.optimizer.param_groups:  # Muon's peak is its own: lr_scale
+                group["lr"] = lr * group["lr_scale"]
             self.scaler.step(self.optimizer)
             self.loss = step_loss
             self.recent_losses.append(step_loss)
