@@ -166,20 +166,28 @@ class OptimConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
     schedule: str = "constant"
     """'constant' (the study's), 'cosine' (warmup then cosine decay) or 'wsd'
-    (warmup, stable, then linear decay over the last decay_fraction)."""
+    (warmup, stable, then a cooldown over the last decay_fraction, shaped by decay_shape)."""
     schedule_unit: str = "steps"
-    """'steps' or 'tokens': the unit of warmup and schedule_length."""
+    """The unit of warmup and schedule_length: 'steps', 'tokens', or 'time': fractions of
+    the wall-clock budget train.max_minutes (training time, summed over resumes; e.g.
+    warmup=0.05 is the first 5% of the minutes), so a timed run decays when its time ends."""
     warmup: float = 0.0
-    """Linear warmup from 0 to lr over this many steps (or tokens); 0 = none."""
+    """Linear warmup from 0 to lr over this many steps (tokens, or fraction of the time
+    budget); 0 = none."""
     schedule_length: float = 0.0
-    """Where the decay ends, in schedule units; 0 = the run's step or token budget."""
+    """Where the decay ends, in schedule units; 0 = the run's step, token or time budget."""
     decay_fraction: float = 0.2
     """WSD only: the share of schedule_length spent decaying (the rest is stable)."""
+    decay_shape: str = "linear"
+    """WSD only: the cooldown from lr to lr * min_lr_ratio, 'linear' or '1-sqrt'
+    (lr falls as 1 - sqrt(progress): fast at first, then slowly)."""
     min_lr_ratio: float = 0.1
     """Cosine and WSD decay to lr * min_lr_ratio (and stay there)."""
 
 
 OPTIMIZERS = ("adamw", "muon")
+SCHEDULE_UNITS = ("steps", "tokens", "time")
+DECAY_SHAPES = ("linear", "1-sqrt")
 MUON_ADJUST_LR = ("original", "match_rms_adamw")
 
 
@@ -320,8 +328,22 @@ class Config:
             f"optim.schedule={o.schedule!r}; choose constant, cosine or wsd",
         )
         _require(
-            o.schedule_unit in ("steps", "tokens"),
-            f"optim.schedule_unit={o.schedule_unit!r}; choose steps or tokens",
+            o.schedule_unit in SCHEDULE_UNITS,
+            f"optim.schedule_unit={o.schedule_unit!r}; choose one of {', '.join(SCHEDULE_UNITS)}",
+        )
+        _require(
+            o.decay_shape in DECAY_SHAPES,
+            f"optim.decay_shape={o.decay_shape!r}; choose one of {', '.join(DECAY_SHAPES)}",
+        )
+        _require(
+            o.schedule_unit != "time" or t.max_minutes > 0,
+            "optim.schedule_unit=time places the schedule in the time budget; set "
+            "train.max_minutes",
+        )
+        _require(
+            o.schedule_unit != "time" or (o.warmup < 1 and o.schedule_length <= 1),
+            "optim.schedule_unit=time: optim.warmup and optim.schedule_length are fractions "
+            "of train.max_minutes (warmup below 1, length at most 1)",
         )
         _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
         _require(0.0 < o.decay_fraction <= 1.0, "optim.decay_fraction must be in (0, 1]")
