@@ -222,3 +222,26 @@ def test_import_refuses_llama_options_tinylm_lacks(change, fragment, tmp_path, c
     code, _, err = run_cli(capsys, "import", hf_dir, "--out", tmp_path / "ckpt")
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["llama", "qwen3"])
+@pytest.mark.parametrize("preset", ["modern-d128", "modern-d256"])
+def test_modern_presets_export_within_tolerance(preset, qk_norm, tmp_path):
+    """The full-size modern presets (projections not zero, so every block computes),
+    3 x 128 random tokens, both attention paths: the numbers in docs/interop.md."""
+    from tinylm.config import MODEL_PRESETS
+
+    config = dataclasses.replace(MODEL_PRESETS[preset], zero_init_proj=False, qk_norm=qk_norm)
+    model = trained_like(tmp_path / "ckpt", config)
+    result = export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    idx = torch.randint(50257, (3, 128), generator=torch.Generator().manual_seed(7))
+    diffs = []
+    for attention in ("sdpa", "eager"):
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path / "hf", dtype=torch.float32, attn_implementation=attention
+        ).eval()
+        diffs.append(max_logit_difference(model, hf, idx))
+    print(f"{preset} {result.family.architecture} ({model.num_parameters():,} params): "
+          f"sdpa {diffs[0]:.2e}, eager {diffs[1]:.2e}")  # fmt: skip
+    assert max(diffs) <= TOLERANCE
