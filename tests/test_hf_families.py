@@ -6,18 +6,20 @@ import back bit-exact, and every combination no class expresses refused in one l
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from test_cli import assert_one_line_error, run_cli
-from test_hf import TOLERANCE, greedy_matches, random_checkpoint
+from test_hf import (
+    TOLERANCE,
+    greedy_matches,
+    greedy_until_eot,
+    random_checkpoint,
+    run_without_tinylm,
+)
 
 from tinylm.config import Config, ModelConfig
 from tinylm.data.tokenizer import get_tokenizer
-from tinylm.generate import generate
 from tinylm.interop.hf import export_hf, import_hf, max_logit_difference
 from tinylm.interop.tokenizer import export_tokenizer
 from tinylm.model import GPT, Rotary, apply_rotary
@@ -110,15 +112,7 @@ def test_exports_load_and_generate_without_tinylm(tmp_path):
         model = trained_like(tmp_path / family, FAMILIES[family][0])
         export_hf(tmp_path / family, tmp_path / f"{family}-hf")
         dirs[family] = (model, str(tmp_path / f"{family}-hf"))
-    script = f"""
-import sys, json, importlib.abc
-class NoTinyLM(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "tinylm":
-            raise ImportError("tinylm is not installed here")
-sys.meta_path.insert(0, NoTinyLM())
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+    got = run_without_tinylm(f"""
 result = {{}}
 for family, path in {json.dumps({f: d for f, (_, d) in dirs.items()})}.items():
     tok = AutoTokenizer.from_pretrained(path)
@@ -129,16 +123,7 @@ for family, path in {json.dumps({f: d for f, (_, d) in dirs.items()})}.items():
     out = model.generate(ids, do_sample=False, max_new_tokens=12)
     result[family] = {{"ids": ids[0].tolist(), "logits": logits[0, -1].tolist(),
                       "greedy": out[0].tolist(), "class": type(model).__name__}}
-assert "tinylm" not in sys.modules
-print(json.dumps(result))
-"""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+""")
     tok = get_tokenizer("gpt2")
     for family, (model, _) in dirs.items():
         g = got[family]
@@ -147,11 +132,7 @@ print(json.dumps(result))
         with torch.no_grad():
             ours = model(torch.tensor([g["ids"]]))[0, -1]
         assert (ours - torch.tensor(g["logits"])).abs().max().item() <= TOLERANCE
-        greedy = generate(model, torch.tensor([g["ids"]]), 12, 0.0, stop_token=tok.eot_id)
-        greedy = greedy[0].tolist()
-        if tok.eot_id in greedy[3:]:
-            greedy = greedy[: greedy.index(tok.eot_id, 3) + 1]
-        assert g["greedy"] == greedy
+        assert g["greedy"] == greedy_until_eot(model, g["ids"], 12, tok.eot_id)
 
 
 @pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen3ForCausalLM"])
