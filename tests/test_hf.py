@@ -26,10 +26,18 @@ transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-5  # fp32, as the issue asks
 
 
-def random_checkpoint(path, model_config, seed=0):
-    """A freshly initialised model saved as a tinylm checkpoint (GPT-2 tokenizer)."""
+def random_checkpoint(path, model_config, seed=0, random_gains=False):
+    """A freshly initialised model saved as a tinylm checkpoint (GPT-2 tokenizer).
+
+    random_gains: norm gains drawn from U(0.5, 1.5) instead of ones (as after training),
+    so a gain mapped to the wrong place shows in the logits."""
     torch.manual_seed(seed)
     model = GPT(model_config)
+    if random_gains:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name or "ln_" in name:
+                    p.uniform_(0.5, 1.5)
     tok = get_tokenizer("gpt2")
     config = Config(model=model_config)
     config.data.path = str(path.parent / "no-dataset")

@@ -18,12 +18,12 @@ from test_hf import (
     run_without_tinylm,
 )
 
-from tinylm.config import Config, ModelConfig
+from tinylm.config import ModelConfig
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.interop.hf import export_hf, import_hf, max_logit_difference
 from tinylm.interop.tokenizer import export_tokenizer
-from tinylm.model import GPT, Rotary, apply_rotary
-from tinylm.training.checkpoint import load_checkpoint, save_checkpoint
+from tinylm.model import Rotary, apply_rotary
+from tinylm.training.checkpoint import load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,20 +43,7 @@ FAMILIES = {
 
 
 def trained_like(path, config, seed=0):
-    """A random checkpoint whose norm gains are not all ones (as after training), so a
-    gain that went to the wrong place would show in the logits."""
-    torch.manual_seed(seed)
-    model = GPT(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln_" in name:
-                p.uniform_(0.5, 1.5)
-    tok = get_tokenizer("gpt2")
-    run_config = Config(model=config)
-    run_config.data.path = str(path.parent / "no-dataset")
-    meta = {"step": 0, "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint}}
-    save_checkpoint(path, model, run_config, meta)
-    return model.eval()
+    return random_checkpoint(path, config, seed, random_gains=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
