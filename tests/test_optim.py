@@ -173,3 +173,14 @@ def records(run):
     drop = ("elapsed_s", "tokens_per_s")
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
+
+
+def test_resume_with_the_other_optimizer_is_one_line(wiki_data, tmp_path, capsys):
+    from test_cli import assert_one_line_error, run_cli
+
+    args = [f"data.path={wiki_data}", *TINY_OVERRIDES, "train.max_steps=2",
+            "train.eval_interval=0", "train.tensorboard=false"]  # fmt: skip
+    assert run_cli(capsys, "train", *args, "--out", tmp_path / "run")[0] == 0
+    code, _, err = run_cli(capsys, "train", *args, "train.max_steps=3", "optim.optimizer=muon",
+                           "--out", tmp_path / "run", "--resume")  # fmt: skip
+    assert_one_line_error(code, err, "optim.optimizer=adamw (config: muon); resume with the same")

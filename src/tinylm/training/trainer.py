@@ -625,6 +625,12 @@ class Trainer:
                     f"{path}: checkpoint was trained with train.{key}={saved} (config: "
                     f"{wanted}); its data position only holds for the same value"
                 )
+        saved = meta["config"]["optim"].get("optimizer", "adamw")
+        if saved != self.config.optim.optimizer:  # its state holds the other's moments
+            raise TinyLMError(
+                f"{path}: checkpoint was trained with optim.optimizer={saved} (config: "
+                f"{self.config.optim.optimizer}); resume with the same optimizer"
+            )
         state = read_state(path)
         if distributed.is_sharded(self.model):
             # Every rank reads the full checkpoint into a CPU copy and keeps its shard.
