@@ -232,7 +232,7 @@ class GPT2Family(Family):
     model_type = "gpt2"
     architecture = "GPT2LMHeadModel"
     config_class = "GPT2Config"
-    description = "GPT-2 architecture (learned positions, LayerNorm, GELU MLP)"
+    description = "the GPT-2 architecture: learned positions, LayerNorm, GELU MLP"
 
     def refusal(self, model: ModelConfig) -> str | None:
         return refusal(model)

@@ -80,7 +80,7 @@ class LlamaFamily(Family):
     model_type = "llama"
     architecture = "LlamaForCausalLM"
     config_class = "LlamaConfig"
-    description = "Llama architecture (RoPE, RMSNorm, SwiGLU MLP)"
+    description = "the Llama architecture: RoPE, RMSNorm, SwiGLU MLP"
     qk_norm = False
 
     def refusal(self, model: ModelConfig) -> str | None:
@@ -272,7 +272,7 @@ class Qwen3Family(LlamaFamily):
     model_type = "qwen3"
     architecture = "Qwen3ForCausalLM"
     config_class = "Qwen3Config"
-    description = "Qwen3 architecture (RoPE, RMSNorm, SwiGLU MLP, QK-norm)"
+    description = "the Qwen3 architecture: RoPE, RMSNorm, SwiGLU MLP, QK-norm"
     qk_norm = True
 
     def refusal(self, model: ModelConfig) -> str | None:

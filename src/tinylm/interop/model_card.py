@@ -33,9 +33,10 @@ def model_card(ckpt: Checkpoint, tokenizer_kind: str, max_diff: float, family: F
     sections = [
         "---\nlibrary_name: transformers\npipeline_tag: text-generation\n"
         f"tags: [tinylm, {family.model_type}, text-generation]\n---\n",
-        f"# {name}\n\nA small language model ({family.description}) trained from scratch "
-        f"with tinylm {meta.get('versions', {}).get('tinylm', '')}".rstrip()
-        + f", exported to the transformers format (`{family.architecture}`).\n",
+        f"# {name}\n\nA small language model trained from scratch with tinylm "
+        f"{meta.get('versions', {}).get('tinylm', '')}".rstrip()
+        + f", exported to the transformers format (`{family.architecture}`: "
+        f"{family.description}).\n",
         _model_section(ckpt, tokenizer_kind, family),
         _data_section(Path(ckpt.config.data.path), meta),
         _training_section(ckpt),
