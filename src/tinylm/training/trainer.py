@@ -465,7 +465,7 @@ class Trainer:
         )
         if finite:
             for group in self.optimizer.param_groups:  # Muon's peak is its own: lr_scale
-                group["lr"] = lr * group["lr_scale"]
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             self.scaler.step(self.optimizer)
             self.loss = step_loss
             self.recent_losses.append(step_loss)
