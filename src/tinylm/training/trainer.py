@@ -314,7 +314,7 @@ class Trainer:
         budget_tokens = budget_steps * t.batch_size * t.grad_accum * config.model.block_size
         if t.max_tokens:
             budget_tokens = min(budget_tokens, t.max_tokens)
-        self.schedule = build_schedule(config.optim, budget_steps, budget_tokens)
+        self.schedule = build_schedule(config.optim, budget_steps, budget_tokens, t.max_minutes)
         self.store = CheckpointStore(run.checkpoints, t.keep_checkpoints)
 
         # Everything below is saved in a checkpoint and restored by _resume.
@@ -505,7 +505,7 @@ class Trainer:
         self.step += 1
         self.tokens_seen += tokens
         self.session_tokens += tokens
-        lr = self.schedule.lr_for(self.step, self.tokens_seen)
+        lr = self.schedule.lr_for(self.step, self.tokens_seen, self._budget_seconds_used())
         finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
         # fp16 only: gradients that overflow the loss scale are GradScaler's routine signal
         # to lower the scale, not a sign the run is failing; the update is skipped uncounted
@@ -518,8 +518,8 @@ class Trainer:
             and self.scaler.get_scale() >= 1.0
         )
         if finite:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            for group in self.optimizer.param_groups:  # Muon's peak is its own: lr_scale
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             self.scaler.step(self.optimizer)
             self.loss = step_loss
             self.recent_losses.append(step_loss)
@@ -690,6 +690,12 @@ class Trainer:
                     f"{path}: checkpoint was trained with train.{key}={saved} (config: "
                     f"{wanted}); its data position only holds for the same value"
                 )
+        saved = meta["config"]["optim"].get("optimizer", "adamw")
+        if saved != self.config.optim.optimizer:  # its state holds the other's moments
+            raise TinyLMError(
+                f"{path}: checkpoint was trained with optim.optimizer={saved} (config: "
+                f"{self.config.optim.optimizer}); resume with the same optimizer"
+            )
         state = read_state(path)
         if distributed.is_sharded(self.model):
             # Every rank reads the full checkpoint into a CPU copy and keeps its shard.
@@ -759,6 +765,11 @@ class Trainer:
         session = time.monotonic() - self.start - self.eval_seconds if self.start else 0.0
         return self.train_seconds_before + session
 
+    def _budget_seconds_used(self) -> float:
+        """Time budget used so far, measured as the train.max_minutes stop measures it
+        (a time-unit schedule ends where the run does)."""
+        return self.train_seconds_before + (time.monotonic() - self.start if self.start else 0.0)
+
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self.start if self.start else 0.0)
 
@@ -795,9 +806,10 @@ def _planned_steps(config: Config, batches_per_epoch: int, accum: int) -> int:
     return min(limits) if limits else sys.maxsize  # time budget only
 
 
-TRAINING_BYTES_PER_PARAMETER = 16
-"""fp32 weights, gradients and AdamW's two moments: the floor of training memory per
-parameter, before any activation."""
+def _training_bytes_per_parameter(optimizer: str) -> int:
+    """fp32 weights and gradients, and the optimizer's moments (AdamW two, Muon one): the
+    floor of training memory per parameter, before any activation."""
+    return 4 + 4 + (4 if optimizer == "muon" else 8)
 
 
 def _check_fits(config: Config, device: torch.device, world_size: int) -> None:
@@ -807,11 +819,11 @@ def _check_fits(config: Config, device: torch.device, world_size: int) -> None:
     with torch.device("meta"):
         parameters = GPT(config.model).num_parameters()
     shards = world_size if config.train.parallel == "fsdp" else 1
-    needed = parameters * TRAINING_BYTES_PER_PARAMETER / shards
+    needed = parameters * _training_bytes_per_parameter(config.optim.optimizer) / shards
     free = _free_memory(device)
     if free is not None and needed > free:
         raise TinyLMError(
-            f"the model has {parameters:,} parameters: its weights, gradients and AdamW "
+            f"the model has {parameters:,} parameters: its weights, gradients and optimizer "
             f"state need {needed / 2**30:,.1f} GiB per process, more than the "
             f"{free / 2**30:,.1f} GiB free on {device}; lower model.n_embd, model.n_layer "
             "or model.vocab_size"
