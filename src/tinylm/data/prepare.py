@@ -25,6 +25,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 from collections import Counter, deque
@@ -136,7 +137,10 @@ def _recover_interrupted(out: Path) -> None:
     """Under the lock: a dataset an interrupted --overwrite had renamed aside (killed
     between the two renames of replace_dir) comes back; one already replaced goes; a
     work directory with no saved position to resume from goes too."""
+    aside = re.compile(re.escape(f".{out.name}{OLD_MARK}") + "[0-9]+")
     for old in sorted(out.parent.glob(f".{out.name}{OLD_MARK}*")):
+        if not aside.fullmatch(old.name):
+            continue
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:

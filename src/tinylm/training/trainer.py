@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -169,8 +170,9 @@ def _recover_interrupted(run: RunDir) -> None:
     run's lock, so no live writer owns it): an --overwrite's set-aside earlier run comes
     back unless the new run had reached its first checkpoint, and temporary files go."""
     # `.RUN.previous-PID`: the name before the lock made the PID unneeded.
+    aside = re.compile(re.escape(f".{run.path.name}.previous") + r"(-[0-9]+)?")
     for previous in sorted(run.path.parent.glob(f".{run.path.name}.previous*")):
-        if not previous.is_dir():
+        if not previous.is_dir() or not aside.fullmatch(previous.name):
             continue
         if run.latest_checkpoint.exists():  # the new run took over: the old one is done
             shutil.rmtree(previous, ignore_errors=True)
