@@ -86,7 +86,7 @@ def test_rope_layout_is_checked_by_the_parity():
     half = apply_rotary(x, cos, sin)
     interleaved = torch.view_as_real(
         torch.view_as_complex(x.reshape(1, 2, 5, 4, 2))
-        * torch.polar(torch.ones(5, 4), torch.arange(5)[:, None] * rotary.inv_freq)
+        * torch.polar(torch.ones(5, 4), torch.arange(5)[:, None] * rotary.inv_freq())
     ).flatten(-2)
     assert (half - interleaved).abs().max() > 0.1
 

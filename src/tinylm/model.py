@@ -209,20 +209,23 @@ class Rotary(nn.Module):
     """Rotary position embeddings: the (cos, sin) that rotate q and k by their positions.
 
     Layout as in transformers' Llama ("rotate half"): channel i of a head pairs with
-    channel i + hs/2 and turns at frequency base^(-2i/hs). Angles are computed in fp32.
+    channel i + hs/2 and turns at frequency base^(-2i/hs). Frequencies and angles are
+    computed in fp32 at every call, never stored: a buffer would be rounded by
+    model.to(torch.bfloat16) (bf16 inference), turning positions by wrong angles.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        hs = config.n_embd // config.n_head
-        inv_freq = 1.0 / (
-            config.rope_base ** (torch.arange(0, hs, 2, dtype=torch.int64).float() / hs)
-        )
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
+        self.head_size, self.base = config.n_embd // config.n_head, config.rope_base
+
+    def inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        """The rotation frequencies base^(-2i/hs), (hs/2,) fp32."""
+        hs = self.head_size
+        return 1.0 / (self.base ** (torch.arange(0, hs, 2, device=device).float() / hs))
 
     def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pos (T,) or (B, T) -> cos, sin of shape (1, 1, T, hs) or (B, 1, T, hs)."""
-        angles = pos.float()[..., None] * self.inv_freq  # (..., T, hs/2)
+        angles = pos.float()[..., None] * self.inv_freq(pos.device)  # (..., T, hs/2)
         angles = torch.cat([angles, angles], dim=-1)  # (..., T, hs)
         if angles.dim() == 2:
             angles = angles[None]
