@@ -90,6 +90,18 @@ def test_rope_angles_stay_fp32_in_a_bf16_model():
     assert all(torch.equal(a, b) for a, b in zip(model.rotary(pos), (cos, sin), strict=True))
 
 
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_qk_norm_runs_in_a_bf16_model(norm):
+    """A model cast to bf16 for inference (its norm gains bf16 too) still runs its fp32
+    QK-norm and follows the fp32 model's logits."""
+    model = make(dict(qk_norm=True, norm=norm, positions="rope"))
+    idx = torch.randint(0, 64, (2, 12))
+    ref = model(idx)
+    out = model.to(torch.bfloat16)(idx)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
 def test_softcap_bounds_logits_and_the_loss_uses_them():
     model = make({"logit_softcap": 2.0})
     with torch.no_grad():

@@ -128,6 +128,18 @@ def make_norm(config: ModelConfig, dim: int) -> nn.Module:
     )
 
 
+def norm_in_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(x) computed in fp32 and returned in x's dtype, whatever the dtypes of x (bf16
+    under autocast) and of the norm's parameters (bf16 in a model cast for inference)."""
+    weight = norm.weight.float() if norm.weight is not None else None
+    if isinstance(norm, nn.RMSNorm):
+        y = F.rms_norm(x.float(), norm.normalized_shape, weight, norm.eps)
+    else:
+        bias = norm.bias.float() if norm.bias is not None else None
+        y = F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps)
+    return y.to(x.dtype)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -187,7 +199,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if self.q_norm is not None:  # in fp32 (under autocast q, k arrive in bf16)
-            q, k = self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype)
+            q, k = norm_in_fp32(self.q_norm, q), norm_in_fp32(self.k_norm, k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if kv is not None:
