@@ -157,6 +157,18 @@ def test_kv_cache_greedy_equals_no_cache_with_left_padding(positions, qk_norm, n
     assert len(set(map(tuple, cached))) > 1  # the rows differ: a real test of padding
 
 
+@pytest.mark.parametrize("name", COMBOS)
+def test_kv_cache_greedy_equals_no_cache_for_the_covering_set(name):
+    """The same with every value of every component (soft-cap, squared ReLU, gainless
+    norms, tied output, biases, zero-init, MLP width, RoPE base, eps) in the cache path."""
+    model = make(COMBOS[name])
+    prompts = [[5, 9, 3], [7, 1, 2, 8, 8, 4, 11], [60]]
+    cached = generate_batch(model, prompts, 28, use_cache=True, temperature=0.0)
+    uncached = generate_batch(model, prompts, 28, use_cache=False, temperature=0.0)
+    alone = [generate_batch(model, [p], 28, temperature=0.0)[0] for p in prompts]
+    assert cached == uncached == alone
+
+
 def test_config_refuses_bad_component_values():
     with pytest.raises(TinyLMError, match=r"model.norm='batchnorm'; choose one of"):
         load_config(None, ["model.norm=batchnorm"])
