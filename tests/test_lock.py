@@ -145,3 +145,20 @@ def test_lock_is_released_by_death_and_refuses_in_process(tmp_path):
     with hold_lock(target, "run"):
         assert lock_path(target).read_text().strip() == str(os.getpid())
     assert not lock_path(target).exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_users_file_with_the_lock_name_is_left_alone(tmp_path, kind):
+    # `.NAME.lock` is a plain name a user may already have: writing a PID into it (or,
+    # through a symlink, into whatever it points at) and unlinking it would lose their file.
+    target = tmp_path / "run"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    if kind == "file":
+        lock_path(target).write_text("my notes\n")
+    else:
+        lock_path(target).symlink_to(notes)
+    with pytest.raises(TinyLMError, match="is not a tinylm lock file"), hold_lock(target, "run"):
+        pass
+    assert lock_path(target).read_text() == "my notes\n"
+    assert notes.read_text() == "my notes\n"

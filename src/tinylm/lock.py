@@ -8,7 +8,8 @@ directory is created, renamed aside and renamed into place while it is held). Th
 releases it when the process ends for any reason, SIGKILL included, so a dead writer
 never blocks the next one. A second writer is refused at once, in one line naming the
 holder's PID (written into the lock file). The file is removed on a clean release; one a
-killed process leaves behind holds only a stale PID and is reused.
+killed process leaves behind holds only a stale PID and is reused. A file of that name
+that holds anything else (or is a symlink) is a user's: refused in one line, untouched.
 
 While the lock is held, temporary files beside or inside the output can only be a dead
 writer's, so the holder may clean them up (see training/trainer.py and data/prepare.py).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +52,12 @@ def hold_lock(target: Path, what: str) -> Iterator[None]:
 
 def _acquire(path: Path, target: Path, what: str) -> int:
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symlink: it could point at any file of the user's
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            if not path.is_symlink():
+                raise
+            raise _not_ours(path, target) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -65,11 +72,24 @@ def _acquire(path: Path, target: Path, what: str) -> int:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
             same = False
+        if same and not _LOCK_TEXT.fullmatch(os.pread(fd, 64, 0)):
+            os.close(fd)  # a file of the user's that happens to have the name
+            raise _not_ours(path, target)
         if same:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)  # the holder released and removed it between our open and flock
+
+
+_LOCK_TEXT = re.compile(rb"(\d+\n)?")  # what _acquire writes (empty: just created)
+
+
+def _not_ours(path: Path, target: Path) -> TinyLMError:
+    return TinyLMError(
+        f"{path} exists and is not a tinylm lock file (tinylm locks {target} with it); "
+        "move it away or choose another --out"
+    )
 
 
 def _read_pid(fd: int) -> int | None:
