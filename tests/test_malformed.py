@@ -111,3 +111,25 @@ def test_every_numeric_flag_is_checked():
 def test_a_malformed_numeric_flag_is_one_line(capsys, path, flag, value):
     line = one_line(capsys, [*path, f"{flag}={value}"])
     assert flag in line, line
+
+
+@pytest.mark.parametrize(
+    "argv, command",
+    [
+        (["export", "RUN", "--out", "X"], "export"),
+        (
+            ["tokenizer", "train", "S", "--out", "T", "--vocab-size", "300", "--nope"],
+            "tokenizer train",
+        ),
+        (["bogus"], ""),
+    ],
+)
+def test_an_unknown_flag_is_blamed_on_its_command(capsys, argv, command):
+    # argparse reports a subcommand's unknown flag from the top parser: the line must name
+    # the command (not "tinylm tinylm") and point at that command's --help.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lead = f"tinylm {command}: error:" if command else "tinylm: error:"
+    assert err.startswith(lead) and ("unrecognized arguments" in err or "bogus" in err), err
+    assert f"(see `{'tinylm ' + command if command else 'tinylm'} --help`)" in err, err
+    assert err.count("\n") == 1

@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         late = getattr(args, "settings_attr", None)
         if extra and late and all("=" in e and not e.startswith("-") for e in extra):
             setattr(args, late, getattr(args, late) + extra)
-        elif extra:
-            parser.parse_args(argv)  # the parser's one-line message (Parser.error)
+        elif extra:  # blamed on the command that was given them, in its one line
+            _command_parser(parser, argv).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit:  # a bad argument (status 2), --help or --version (0)
         return exit.code if isinstance(exit.code, int) else EXIT_USER_ERROR
     try:
@@ -69,7 +69,8 @@ def _fail(command: str, message: str) -> int:
     """The one place an error a user caused becomes output: one line, exit status 2."""
     message = " ".join(message.split())  # one line, whatever the error text held
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets it; one says it
-        print(f"tinylm {command}: error: {message}", file=sys.stderr)
+        name = f"tinylm {command}".rstrip()  # "" for the top parser's own errors
+        print(f"{name}: error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR
 
 
@@ -77,7 +78,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, with its errors as the one line every tinylm error is (no usage block)."""
 
     def error(self, message: str) -> NoReturn:
-        _fail(self.prog.removeprefix("tinylm "), f"{message} (see `{self.prog} --help`)")
+        _fail(self.prog.removeprefix("tinylm").strip(), f"{message} (see `{self.prog} --help`)")
         raise SystemExit(EXIT_USER_ERROR)
 
 
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMANDS.values():
         importlib.import_module(f"tinylm.commands.{module}").register(sub)
     checked_numbers(parser)
+    return parser
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """The (sub)parser of the command named in argv (`tokenizer train` -> its parser)."""
+    words = sys.argv[1:] if argv is None else argv
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for i, word in enumerate(words):
+                if word in action.choices:
+                    return _command_parser(action.choices[word], words[i + 1 :])
     return parser
 
 
