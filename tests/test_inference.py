@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
+from tinylm.config import SAMPLING_LIMITS, parse_number
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.errors import TinyLMError
 from tinylm.inference import Sampling, TextDecoder, complete, load_for_inference
@@ -64,3 +67,33 @@ def test_complete_streams_the_first_row_and_matches_its_result(tiny_run):
 def test_sampling_refuses_values_that_would_mean_something_else(field, value):
     with pytest.raises(TinyLMError, match=field):
         Sampling(**{field: value}).check()
+
+
+def _flag_limits():
+    from tinylm.cli import build_parser
+
+    generate = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["generate"]
+    return {a.dest: a.type.limit for a in generate._actions if hasattr(a.type, "limit")}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", 1e7),
+        ("top_k", 2**33),
+        ("seed", -1),
+        ("seed", 2**64),
+        ("max_new_tokens", 2**25),
+    ],
+)
+def test_sampling_and_the_generate_flags_refuse_the_same_values(field, value):
+    # One table of ranges (config.SAMPLING_LIMITS): a value the flag refuses is refused by
+    # Sampling.check too (the API and serving), with the same range in the message.
+    flag = _flag_limits()[field]
+    assert flag is SAMPLING_LIMITS[field]
+    with pytest.raises(TinyLMError, match=f"{field} .*out of range"):
+        Sampling(**{field: value}).check()
+    with pytest.raises(TinyLMError, match="out of range"):
+        parse_number(str(value), type(value), flag, field)

@@ -282,6 +282,16 @@ class Limit:
 
 DEFAULT_LIMIT = Limit()
 COUNT = 2**24  # a batch or width far past any machine's memory, still a sane number
+SEED_LIMIT = Limit(0, 2**63 - 1)  # a seed is hashed as a signed 64-bit integer
+# The one statement of the sampling ranges (inference.Sampling's fields): Sampling.check
+# (the API, serving) and the generate command's flags both read it.
+SAMPLING_LIMITS: dict[str, Limit] = {
+    "max_new_tokens": Limit(1, COUNT),
+    "temperature": Limit(0, 1e6),  # 0 = greedy
+    "top_k": Limit(0, 2**32),  # 0 = all tokens
+    "top_p": Limit(0, 1, low_open=True),  # 1 = off
+    "seed": SEED_LIMIT,
+}
 LIMITS: dict[str, Limit] = {
     "model.vocab_size": Limit(0, 2**32),  # token ids are stored as uint32 at most
     "model.block_size": Limit(2, 2**20),

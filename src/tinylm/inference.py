@@ -12,7 +12,6 @@ stream of token ids into text that never ends in half a UTF-8 character.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tinylm.config import INFERENCE_PRECISIONS
+from tinylm.config import INFERENCE_PRECISIONS, SAMPLING_LIMITS, range_problem
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError
 from tinylm.model import GPT
@@ -116,14 +115,11 @@ class Sampling:
     use_cache: bool = True
 
     def check(self) -> None:
-        if self.max_new_tokens <= 0:
-            raise TinyLMError("max_new_tokens must be positive")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise TinyLMError("temperature must be 0 (greedy) or a positive number")
-        if self.top_k < 0:
-            raise TinyLMError("top_k must be 0 (all tokens) or a positive number")
-        if not 0 < self.top_p <= 1:  # also refuses NaN
-            raise TinyLMError("top_p must be in (0, 1]")
+        for name, limit in SAMPLING_LIMITS.items():
+            value = getattr(self, name)
+            problem = range_problem(value, limit)  # also refuses NaN and inf
+            if problem:
+                raise TinyLMError(f"{name} {value} {problem}")
 
 
 def complete(

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinylm.commands.options import SEED_LIMIT, add_checkpoint_args, number
-from tinylm.config import COUNT, INFERENCE_PRECISIONS, Limit
+from tinylm.commands.options import add_checkpoint_args, number
+from tinylm.config import COUNT, INFERENCE_PRECISIONS, SAMPLING_LIMITS, Limit
 from tinylm.errors import TinyLMError
 
 
@@ -48,25 +48,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-new-tokens",
-        type=number(int, Limit(1, COUNT)),
+        type=number(int, SAMPLING_LIMITS["max_new_tokens"]),
         default=100,
         help="tokens to generate (default: 100)",
     )
     p.add_argument(
         "--temperature",
-        type=number(float, Limit(0, 1e6)),
+        type=number(float, SAMPLING_LIMITS["temperature"]),
         default=0.8,
         help="0 = greedy (default: 0.8)",
     )
     p.add_argument(
         "--top-k",
-        type=number(int, Limit(0, 2**32)),
+        type=number(int, SAMPLING_LIMITS["top_k"]),
         default=50,
         help="keep the k likeliest tokens; 0 = all (default: 50)",
     )
     p.add_argument(
         "--top-p",
-        type=number(float, Limit(0, 1, low_open=True)),
+        type=number(float, SAMPLING_LIMITS["top_p"]),
         default=0.95,
         help="nucleus sampling mass; 1 = off (default: 0.95)",
     )
@@ -77,7 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="samples to draw (default: 1)",
     )
     p.add_argument(
-        "--seed", type=number(int, SEED_LIMIT), default=0, help="sampling seed (default: 0)"
+        "--seed",
+        type=number(int, SAMPLING_LIMITS["seed"]),
+        default=0,
+        help="sampling seed (default: 0)",
     )
     p.set_defaults(func=run)
 
@@ -94,10 +97,6 @@ def run(args: argparse.Namespace) -> int:
         tuple(args.stop),
         use_cache=not args.no_cache,
     )
-    try:
-        sampling.check()
-    except TinyLMError as err:
-        raise TinyLMError(f"--{str(err).replace('_', '-')}") from None
     texts = _prompts(args)
     loaded = load_for_inference(args.run, args.device, args.precision)
     rows = [t for t in texts for _ in range(args.num_samples)]  # a row per (prompt, sample)

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import DEFAULT_LIMIT, Limit, parse_number
+from tinylm.config import DEFAULT_LIMIT, SEED_LIMIT, Limit, parse_number
 from tinylm.errors import TinyLMError
 
-SEED_LIMIT = Limit(0, 2**63 - 1)  # a seed is hashed as a signed 64-bit integer
+__all__ = ["SEED_LIMIT", "number"]  # SEED_LIMIT: re-exported for the commands' --seed
 
 
 def number(kind: type, limit: Limit = DEFAULT_LIMIT) -> Callable[[str], Any]:
