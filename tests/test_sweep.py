@@ -89,6 +89,15 @@ def test_unnamed_runs_are_named_after_what_differs(tmp_path):
         ({"prepare": "prepare builtin:wiki"}, None, "must name its --out"),
         ({"runs": [{"name": "a/b"}]}, None, "cannot name a directory"),
         ({"runs": [{"name": "logs"}]}, None, "cannot name a directory"),
+        # Values of the wrong shape (each was a TypeError traceback):
+        ({"base": 5}, None, "base must be a path"),
+        ({"base": ["a.yaml", "b.yaml"]}, None, "base must be a path"),
+        ({"out": 5}, None, "out must be a path"),
+        ({"prepare": 5}, None, "prepare must be a tinylm command line or a list of them"),
+        ({"prepare": [["prepare", "--out", "d"]]}, None, "prepare must be a tinylm command"),
+        ({"scales": 5}, None, "scales must be a mapping"),
+        ({"scales": {"cpu": 5}}, "cpu", "scales.cpu must be a mapping"),
+        ({"scales": {"cpu": {"out": 5}}}, "cpu", "scales.cpu: out must be a path"),
     ],
 )
 def test_bad_sweep_files_are_refused_in_one_line(tmp_path, spec, scale, message):

@@ -108,15 +108,18 @@ def load_sweep(
     """Read a sweep file and expand it into runs; every run's config is built (and so
     checked) here, before anything trains."""
     spec = _read(path)
-    scales = spec.get("scales") or {}
+    scales = _mapping(spec.get("scales"), f"{path}: scales", "of scale names to settings")
     if scale is not None:
         if scale not in scales:
             known = ", ".join(scales) or "none"
             raise TinyLMError(f"{path}: no scale {scale!r} (scales: {known})")
-        chosen = scales[scale]
+        chosen = _mapping(scales[scale], f"{path}: scales.{scale}", "of settings")
         _check_keys(chosen, SCALE_KEYS, f"{path}: scales.{scale}")
+        _check_path(chosen, "out", f"{path}: scales.{scale}")
     else:
         chosen = {}
+    _check_path(spec, "base", str(path))
+    _check_path(spec, "out", str(path))
     base = Path(spec["base"]) if spec.get("base") else None
     if base is not None and not base.is_absolute():
         base = path.parent / base
@@ -320,6 +323,8 @@ def _prepare_data(sweep: Sweep) -> None:
 def _commands(value: Any, path: Path) -> list[list[str]]:
     """`prepare`: one tinylm command line or a list of them, each naming its --out."""
     lines = [value] if isinstance(value, str) else value or []
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise TinyLMError(f"{path}: prepare must be a tinylm command line or a list of them")
     commands = []
     for line in lines:
         args = shlex.split(str(line))
@@ -354,12 +359,18 @@ def _check_keys(spec: dict[str, Any], allowed: set[str], where: str) -> None:
         )
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
+def _mapping(value: Any, where: str, of: str = "of section.key: value") -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise TinyLMError(f"{where} must be a mapping of section.key: value")
+        raise TinyLMError(f"{where} must be a mapping {of}")
     return value
+
+
+def _check_path(spec: dict[str, Any], key: str, where: str) -> None:
+    """`base` and `out` name a file or directory: text, not a number or a list."""
+    if spec.get(key) is not None and not isinstance(spec[key], str):
+        raise TinyLMError(f"{where}: {key} must be a path (text), not {spec[key]!r}")
 
 
 def _as_overrides(settings: dict[str, Any]) -> list[str]:
