@@ -367,3 +367,29 @@ def test_export_refuses_a_dataset_whose_tokenizer_changed_since_training(
     code, _, err = run_cli(capsys, "export", run, tmp_path / "out")
     assert_one_line_error(code, err, "the model was trained with gpt2")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_overwrite_replaces_only_an_earlier_export(tmp_path, capsys, tiny_run, wiki_data):
+    # `--overwrite` replaced any directory: a prepared dataset, another run, or the very
+    # run being exported (or its checkpoints) were deleted without a word.
+    data = tmp_path / "data"
+    shutil.copytree(wiki_data, data)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    for out, why in [
+        (data, "is a prepared dataset"),
+        (other, "is a tinylm run"),
+        (mine, "does not look like an earlier export"),
+        (tiny_run, "is what is being exported"),
+        (tiny_run / "checkpoints", "is what is being exported"),
+    ]:
+        before = sorted(p.name for p in out.iterdir())
+        code, _, err = run_cli(capsys, "export", tiny_run, out, "--overwrite")
+        assert_one_line_error(code, err, why)
+        assert sorted(p.name for p in out.iterdir()) == before
+    assert run_cli(capsys, "export", tiny_run, tmp_path / "hf")[0] == 0
+    code, _, err = run_cli(capsys, "export", tiny_run, tmp_path / "hf", "--overwrite")
+    assert code == 0, err

@@ -78,7 +78,7 @@ def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> E
     out = Path(out)
     ckpt = load_for_inference(source, device="cpu").checkpoint
     family = export_family(ckpt.config.model)  # refuses what no family expresses
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, source)
     model = ckpt.model.float().eval()
     dataset = Path(ckpt.config.data.path)
     tmp = temp_dir_beside(out)
@@ -177,7 +177,7 @@ def import_hf(
             f"{config_file}: vocab_size {config.model.vocab_size} is smaller than the "
             f"{name} tokenizer's {tok.vocab_size}"
         )
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, hf_dir)
     weights = read_weights(hf_dir)  # no larger than the files on disk
     check_size(config, weights, config_file)
     model = GPT(config.model)
@@ -255,11 +255,35 @@ def check_size(config: Config, weights: dict[str, torch.Tensor], config_file: Pa
         )
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
+# A directory `--overwrite` may replace holds one of these: an earlier hf export
+# (config.json), pt2 export (model.pt2) or imported checkpoint (meta.json).
+OUTPUT_MARKS = ("config.json", "model.pt2", "meta.json")
+
+
+def check_output_dir(out: Path, overwrite: bool, source: str | Path | None = None) -> None:
+    """Refuse an output that is a file, or a non-empty directory without --overwrite; with
+    it, refuse to replace anything but an earlier export or import (never a run, a dataset,
+    the source itself or a directory of it)."""
     if out.exists() and not out.is_dir():
         raise TinyLMError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
         raise TinyLMError(f"{out}: already exists; pass --overwrite to replace it")
+    if source is not None:
+        here, there = out.resolve(), Path(source).resolve()
+        if here == there or here in there.parents or there in here.parents:
+            raise TinyLMError(f"{out}: is what is being exported or imported; choose another out")
+    why = (
+        "is a prepared dataset" if (out / "manifest.json").exists()
+        else "is a tinylm run" if (out / "config.yaml").exists() and (out / "checkpoints").exists()
+        else "does not look like an earlier export" if not any((out / m).exists() for m in OUTPUT_MARKS)
+        else ""
+    )  # fmt: skip
+    if why:
+        raise TinyLMError(
+            f"{out}: {why}; --overwrite only replaces an earlier output, choose another"
+        )
 
 
 __all__ = ["TOKENIZER_JSON", "ExportResult", "export_hf", "import_hf"]
