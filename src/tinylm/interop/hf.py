@@ -274,16 +274,15 @@ def check_output_dir(out: Path, overwrite: bool, source: str | Path | None = Non
         here, there = out.resolve(), Path(source).resolve()
         if here == there or here in there.parents or there in here.parents:
             raise TinyLMError(f"{out}: is what is being exported or imported; choose another out")
-    why = (
-        "is a prepared dataset" if (out / "manifest.json").exists()
-        else "is a tinylm run" if (out / "config.yaml").exists() and (out / "checkpoints").exists()
-        else "does not look like an earlier export" if not any((out / m).exists() for m in OUTPUT_MARKS)
-        else ""
-    )  # fmt: skip
-    if why:
-        raise TinyLMError(
-            f"{out}: {why}; --overwrite only replaces an earlier output, choose another"
-        )
+    if (out / "manifest.json").exists():
+        why = "is a prepared dataset"
+    elif (out / "config.yaml").exists() and (out / "checkpoints").exists():
+        why = "is a tinylm run"
+    elif not any((out / mark).exists() for mark in OUTPUT_MARKS):
+        why = "does not look like an earlier export"
+    else:
+        return
+    raise TinyLMError(f"{out}: {why}; --overwrite only replaces an earlier output, choose another")
 
 
 __all__ = ["TOKENIZER_JSON", "ExportResult", "export_hf", "import_hf"]
