@@ -277,3 +277,16 @@ def test_out_of_memory_is_one_line_and_keeps_the_earlier_run(tmp_path, wiki_data
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in run.parent.iterdir()] == ["run"]  # nothing half-written beside it
+
+
+def test_eval_checks_every_split_before_evaluating_any(tiny_run, capsys):
+    # A misspelt split after a good one used to evaluate the good one, print half a table,
+    # then fail without recording it; a split named twice was evaluated twice.
+    before = (tiny_run / "eval.json").read_bytes() if (tiny_run / "eval.json").exists() else None
+    code, out, err = run_cli(capsys, "eval", tiny_run, "--split", "val", "nope")
+    assert_one_line_error(code, err, "no split 'nope'")
+    assert out == ""
+    after = (tiny_run / "eval.json").read_bytes() if (tiny_run / "eval.json").exists() else None
+    assert after == before
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--split", "val", "val")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["split", "val"], out

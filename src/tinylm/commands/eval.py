@@ -41,11 +41,14 @@ def run(args: argparse.Namespace) -> int:
     dataset.check_tokenizer(tok["fingerprint"], tok["name"], "the model")
     tokenizer = dataset.tokenizer
     results = {}
+    # Every split is looked up before any is evaluated: a misspelt last one must not cost
+    # the minutes of the others (their results would not be recorded) or print half a table.
+    splits = {split: dataset.tokens(split) for split in dict.fromkeys(args.split)}
     print(f"{'split':>6} {'tokens':>10} {'loss':>8} {'perplexity':>11} {'bits/byte':>10}")
-    for split in args.split:
+    for split, tokens in splits.items():
         r = evaluate(
             loaded.model,
-            dataset.tokens(split),
+            tokens,
             loaded.block_size,
             args.batch_size,
             loaded.device,
