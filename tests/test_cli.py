@@ -290,3 +290,17 @@ def test_eval_checks_every_split_before_evaluating_any(tiny_run, capsys):
     assert after == before
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--split", "val", "val")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["split", "val"], out
+
+
+def test_a_new_run_in_the_current_directory_is_refused(tmp_path, capsys, monkeypatch, wiki_data):
+    # `--out .` was "Device or resource busy" (the directory is renamed aside for a new
+    # run); `--out ../HERE` trained into a new directory and left the shell in a deleted one.
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "../here", ".."):
+        code, _, err = run_cli(
+            capsys, "train", f"data.path={wiki_data}", *TINY_OVERRIDES, "--out", out
+        )
+        assert_one_line_error(code, err, "is the current directory")
+        assert here.is_dir() and here.samefile(".") and not any(here.iterdir())

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if not base.is_file():
             raise TinyLMError(f"{args.out}: nothing to resume (no config.yaml there)")
     config = load_config(base, overrides)
+    _check_not_the_working_directory(args.out, args.overwrite)
 
     from tinylm.distributed import is_main
     from tinylm.rundir import RECENT_STEPS
@@ -67,3 +68,16 @@ def run(args: argparse.Namespace) -> int:
     print(line)
     print(f"wrote {result.run.path}/ (config.yaml, metrics.jsonl, checkpoints/latest, loss.png)")
     return exit_code
+
+
+def _check_not_the_working_directory(out: Path, overwrite: bool) -> None:
+    """A new (or overwritten) run is made by renaming its directory aside: `--out .` was
+    an EBUSY error, and `--out ../HERE` left the shell in a deleted directory."""
+    here, there = Path.cwd().resolve(), out.resolve()
+    if (there == here or there in here.parents) and (
+        overwrite or not (out / "config.yaml").exists()
+    ):
+        raise TinyLMError(
+            f"{out}: is the current directory (or holds it); a new run needs a directory "
+            "of its own, e.g. --out runs/NAME"
+        )
