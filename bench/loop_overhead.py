@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-import tinylm  # noqa: E402, F401  (sets OMP_WAIT_POLICY before torch loads, as the CLI does)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads, as tinylm's CLI
 import torch  # noqa: E402
 
 SIZES: dict[str, dict] = {
@@ -122,7 +122,8 @@ def train(size: str, data: Path, run: Path, device: torch.device, precision: str
     """Tokens/s of `tinylm train` between its first record after warmup and its last."""
     from tinylm.cli import main
 
-    args = ["train", f"data.path={data}", *overrides(size), f"train.batch_size={SIZES[size]['batch']}",
+    batch = SIZES[size]["batch"]
+    args = ["train", f"data.path={data}", *overrides(size), f"train.batch_size={batch}",
             f"train.max_steps={warmup + steps}", "data.val_split=", f"train.device={device}",
             f"train.precision={precision}", "--out", str(run), "--overwrite"]  # fmt: skip
     assert main(args) == 0
@@ -221,7 +222,8 @@ def markdown(result: dict) -> str:
         f"(both sides), device {result['device']}; {result['steps']} timed steps after "
         f"{result['warmup']} warm-up steps per side, {result['rounds']} interleaved rounds.",
         "",
-        "| size | batch | bare loop tokens/s | `tinylm train` tokens/s | train / bare | per round |",
+        "| size | batch | bare loop tokens/s | `tinylm train` tokens/s | train / bare "
+        "| per round |",
         "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
@@ -242,7 +244,7 @@ def markdown(result: dict) -> str:
             if "eval" not in r:
                 continue
             fp32 = r.get("eval_fp32")
-            diff = (f"{r['eval_loss'] - r['eval_fp32_loss']:+.2e}" if fp32 else "-")
+            diff = f"{r['eval_loss'] - r['eval_fp32_loss']:+.2e}" if fp32 else "-"
             lines.append(
                 f"| {r['size']} | {r['eval']:,.0f} | {r['eval_vs_train']:.1f}x | "
                 f"{r['eval_loss']:.5f} | {f'{fp32:,.0f}' if fp32 else '-'} | "
@@ -271,15 +273,23 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(SIZES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side")
-    parser.add_argument("--steps", default="60,30,8,8",
-                        help="timed steps per size (one number or one per size)")
-    parser.add_argument("--eval-tokens", type=int, default=65536,
-                        help="tokens per eval measurement (0: no eval section)")
-    parser.add_argument("--eval-fp32", action="store_true",
-                        help="also evaluate in fp32 (precision='fp32') for the difference")
+    parser.add_argument(
+        "--steps", default="60,30,8,8", help="timed steps per size (one number or one per size)"
+    )
+    parser.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=65536,
+        help="tokens per eval measurement (0: no eval section)",
+    )
+    parser.add_argument(
+        "--eval-fp32",
+        action="store_true",
+        help="also evaluate in fp32 (precision='fp32') for the difference",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--data", type=Path, help="where prepared datasets are kept (default: temp)")
+    parser.add_argument("--data", type=Path, help="prepared datasets kept here (default: temp)")
     parser.add_argument("--out", type=Path, default=HERE / "loop_overhead.json")
     parser.add_argument("--label", default="Loop overhead", help="markdown section title")
     parser.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
