@@ -21,9 +21,29 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_SIZE = 256
-"""Positions per output-layer chunk: 256×50257 logits (25 MB bf16, 51 MB fp32). Larger
-chunks touch more memory per pass; smaller ones add their part into the V×C weight
-gradient more often (`bench/bench.py --sections chunks` measures the trade)."""
+"""Positions per output-layer chunk on a CPU with GPT-2's vocabulary: 256×50257 logits (25
+MB bf16, 51 MB fp32). Larger chunks touch more memory per pass; smaller ones add their part
+into the V×C weight gradient more often (`bench/bench.py --sections chunks` measures the
+trade). `chunk_positions` keeps this many logits per chunk for any vocabulary."""
+CPU_CHUNK_LOGITS = CHUNK_SIZE * 50257
+"""Logits per chunk on a CPU (12.9M): a small vocabulary gets proportionally more positions,
+e.g. all 2,032 of a 16×128 batch at 256 byte tokens, one matmul instead of eight."""
+GPU_MEMORY_SHARE = 0.25
+"""On a GPU, chunk buffers (logits, fp32 log-probabilities and the gradient) may use this
+share of the free memory; the whole batch in one chunk whenever they fit."""
+
+
+def chunk_positions(n: int, vocab_size: int, device: torch.device, dtype: torch.dtype) -> int:
+    """Positions per output-layer chunk for `n` positions: all of them when their logits fit
+    the device's budget (one matmul and one softmax, no Python loop), else as many as do."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        per_position = vocab_size * (torch.finfo(dtype).bits // 8 + 4 + 4)  # logits, logp, grad
+        budget = int((free + cached) * GPU_MEMORY_SHARE) // per_position
+    else:
+        budget = CPU_CHUNK_LOGITS // vocab_size
+    return max(1, min(n, max(budget, 1)))
 
 
 def next_token_loss(
@@ -50,7 +70,7 @@ def chunked_next_token_loss(
     model: torch.nn.Module,
     tokens: torch.Tensor,
     reduction: str = "mean",
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int = 0,
 ) -> torch.Tensor:
     """`next_token_loss(model(tokens), tokens, reduction)` without the full logits.
 
@@ -58,14 +78,17 @@ def chunked_next_token_loss(
     model(tokens, return_hidden=True), so wrappers see a normal forward. Under autocast
     the output-layer matmuls run in the autocast dtype, softmax and sums in fp32.
     reduction "none" ((B, T-1) nats) is for evaluation and carries no gradient.
+    chunk_size: positions per output-layer chunk; 0 lets `chunk_positions` choose.
     """
     B, T = tokens.shape
     hidden = model(tokens, return_hidden=True)  # (B, T, C)
-    weight = _unwrap(model).lm_head.weight  # (V, C)
+    weight = unwrap(model).lm_head.weight  # (V, C)
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])  # (N, C), N = B*(T-1): position t ...
     targets = tokens[:, 1:].reshape(-1)  # (N,) ... predicts token t+1
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    if chunk_size <= 0:
+        chunk_size = chunk_positions(h.shape[0], weight.shape[0], h.device, dtype)
     if reduction == "none":
         with torch.no_grad():
             return _chunk_losses(h, weight, targets, chunk_size, dtype).view(B, T - 1)
@@ -77,7 +100,7 @@ def chunked_next_token_loss(
     raise ValueError(f"unknown reduction {reduction!r}; use mean, sum or none")
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The GPT inside torch.compile's and DDP's wrappers."""
     while True:
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
