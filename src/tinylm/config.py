@@ -49,6 +49,10 @@ class ModelConfig:
 
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
+"""Weights' precision for generate/serve; auto: fp32 on a CPU (faster than bf16 at batch 1
+there, bench/RESULTS.md), the training precision on a GPU."""
+
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # The reference study's two widths; parameter counts 13.3M and 27.3M (untied).
     "seed-d128": ModelConfig(n_embd=128, vocab_size=50257),

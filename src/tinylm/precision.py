@@ -13,7 +13,6 @@ Master weights are always fp32: autocast casts them per op, the optimizer update
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 
@@ -67,16 +66,3 @@ def configure_threads(num_threads: int) -> None:
     """0 keeps torch's default: one intra-op thread per physical core, the fastest here."""
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-
-
-@contextlib.contextmanager
-def inference_dtype(model: torch.nn.Module, precision: str) -> Iterator[torch.nn.Module]:
-    """The model with its weights cast for generation (bf16 halves the bytes each token
-    reads); restored to fp32 afterwards."""
-    dtype = DTYPES[precision]
-    original = next(model.parameters()).dtype
-    model.to(dtype)
-    try:
-        yield model
-    finally:
-        model.to(original)

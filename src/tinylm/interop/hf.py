@@ -31,6 +31,7 @@ from tinylm.config import Config
 from tinylm.data.dataset import model_tokenizer
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.errors import TinyLMError
+from tinylm.inference import load_for_inference
 from tinylm.interop.gpt2 import (
     check_exportable,
     from_gpt2_state_dict,
@@ -41,7 +42,7 @@ from tinylm.interop.gpt2 import (
 from tinylm.interop.model_card import write_model_card
 from tinylm.interop.tokenizer import TOKENIZER_JSON, export_tokenizer, tokenizer_of_hf_dir
 from tinylm.model import GPT
-from tinylm.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from tinylm.training.checkpoint import Checkpoint, save_checkpoint
 
 PARITY_TOLERANCE = 1e-4
 """Largest logit difference (fp32) an export may show; measured ones are ~1e-6."""
@@ -73,7 +74,7 @@ def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> E
     """Write the checkpoint (or a run's latest) as a transformers GPT2LMHeadModel directory."""
     transformers = require_transformers("exporting to Hugging Face format")
     out = Path(out)
-    ckpt = load_checkpoint(source)
+    ckpt = load_for_inference(source, device="cpu").checkpoint
     check_exportable(ckpt.config.model)
     check_output_dir(out, overwrite)
     model = ckpt.model.float().eval()

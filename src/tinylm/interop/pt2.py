@@ -20,9 +20,9 @@ import torch
 
 from tinylm.atomic import replace_dir, temp_dir_beside
 from tinylm.data.tokenizer import get_tokenizer
+from tinylm.inference import load_for_inference
 from tinylm.interop.hf import PARITY_TOLERANCE, check_output_dir, random_tokens
 from tinylm.interop.tokenizer import manifest_eot_id
-from tinylm.training.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Pt2Result:
 
 def export_pt2(source: str | Path, out: str | Path, overwrite: bool = False) -> Pt2Result:
     out = Path(out)
-    ckpt = load_checkpoint(source)
+    ckpt = load_for_inference(source, device="cpu").checkpoint
     check_output_dir(out, overwrite)
     model, config = ckpt.model.float().eval(), ckpt.config.model
     example = random_tokens(config)  # (2, block_size)
