@@ -49,6 +49,8 @@ class ModelConfig:
 
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Autocast precision of training and evaluation (tinylm.precision says what each means)."""
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 """Weights' precision for generate/serve; auto: fp32 on a CPU (faster than bf16 at batch 1
 there, bench/RESULTS.md), the training precision on a GPU."""
@@ -238,7 +240,7 @@ class Config:
         _require(self.optim.weight_decay >= 0, "optim.weight_decay must not be negative")
         _require(self.optim.grad_clip >= 0, "optim.grad_clip must not be negative (0 = off)")
         _require(
-            t.precision in ("auto", "fp32", "bf16", "fp16"),
+            t.precision in PRECISIONS,
             f"train.precision={t.precision!r}; use auto, fp32, bf16 or fp16",
         )
         return self

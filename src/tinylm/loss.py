@@ -112,14 +112,21 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def _chunk_losses(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Per-position nats (N,), fp32, a chunk of positions at a time (no gradients)."""
-    w = weight.to(dtype)
-    out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-    for i in range(0, h.shape[0], chunk):
-        logits = h[i : i + chunk].to(dtype) @ w.T  # (n, V)
-        out[i : i + chunk] = F.cross_entropy(
-            logits.float(), targets[i : i + chunk], reduction="none"
-        )
+    """Per-position nats (N,), fp32, a chunk of positions at a time (no gradients), in
+    chunk-sized buffers reused by every chunk (as _LinearCrossEntropy's forward)."""
+    N, V = h.shape[0], weight.shape[0]
+    chunk = min(chunk, N)
+    with torch.autocast(h.device.type, enabled=False):
+        w = weight.to(dtype)  # (V, C)
+        logits = torch.empty(chunk, V, dtype=dtype, device=h.device)
+        logp = torch.empty(chunk, V, dtype=torch.float32, device=h.device)
+        out = torch.empty(N, dtype=torch.float32, device=h.device)
+        for i in range(0, N, chunk):
+            h_c, t_c = h[i : i + chunk].to(dtype), targets[i : i + chunk]  # (n, C), (n,)
+            n = len(t_c)
+            torch.mm(h_c, w.T, out=logits[:n])  # (n, V)
+            torch.log_softmax(logits[:n], dim=-1, dtype=torch.float32, out=logp[:n])
+            out[i : i + n] = logp[:n].gather(1, t_c[:, None]).squeeze(1).neg_()
     return out
 
 

@@ -16,9 +16,9 @@ import contextlib
 
 import torch
 
+from tinylm.config import PRECISIONS
 from tinylm.errors import TinyLMError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from tinylm.commands.options import add_checkpoint_args
+from tinylm.config import PRECISIONS
 from tinylm.errors import TinyLMError
 
 
@@ -21,7 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", nargs="+", default=["val", "test"], help="splits (default: val test)")
     p.add_argument("--data", type=Path, help="dataset directory (default: the one it trained on)")
     p.add_argument(
-        "--batch-size", type=int, default=32, help="blocks per forward pass (default: 32)"
+        "--batch-size",
+        type=int,
+        default=0,
+        help="blocks per forward pass (default 0: as many as fit, 128 blocks of 128 on a CPU)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="autocast precision of the forward passes (default auto: bf16 where the device "
+        "has native bf16 matmuls, else fp32 on a CPU; the sums are fp32/fp64 in any case)",
     )
     p.set_defaults(func=run)
 
@@ -32,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from tinylm.evaluate import evaluate
     from tinylm.inference import load_for_inference
 
-    if args.batch_size <= 0:
-        raise TinyLMError("--batch-size must be positive")
+    if args.batch_size < 0:
+        raise TinyLMError("--batch-size must be positive (or 0: as many as fit)")
     loaded = load_for_inference(args.run, args.device)
     config = loaded.checkpoint.config
     dataset = PreparedDataset.open(args.data or config.data.path)
@@ -51,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             loaded.device,
             tokenizer.token_bytes,
+            precision=args.precision,
+            desc=f"eval {split}",
         )
         # Results on another dataset than the run's own are kept apart from its val/test.
         key = split if own_data else f"{dataset.path}:{split}"
