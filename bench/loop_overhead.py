@@ -79,8 +79,9 @@ def overrides(size: str) -> list[str]:
 
 
 def bare(size: str, data: Path, device: torch.device, precision: str, warmup: int, steps: int
-         ) -> float:  # fmt: skip
-    """Tokens/s of the step alone (the work `tinylm train` cannot avoid)."""
+         ) -> tuple[float, float]:  # fmt: skip
+    """Tokens/s of the step alone (the work `tinylm train` cannot avoid): over the whole
+    window, and from the median step (CPU; on CUDA the window's)."""
     from tinylm.data.dataset import PreparedDataset
     from tinylm.data.loader import BlockLoader
     from tinylm.loss import chunked_next_token_loss
@@ -110,16 +111,23 @@ def bare(size: str, data: Path, device: torch.device, precision: str, warmup: in
     for i in range(warmup):
         step(batches[i % len(batches)])
     _sync(device)
-    start = time.perf_counter()
+    times = [time.perf_counter()]
     for i in range(steps):
         step(batches[i % len(batches)])
+        if device.type != "cuda":  # per-step times only where they need no sync
+            times.append(time.perf_counter())
     _sync(device)
-    return steps * batches[0].numel() / (time.perf_counter() - start)
+    times.append(time.perf_counter())
+    tokens = batches[0].numel()
+    window = steps * tokens / (times[-1] - times[0])
+    per_step = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
+    return window, (tokens / statistics.median(per_step) if device.type != "cuda" else window)
 
 
 def train(size: str, data: Path, run: Path, device: torch.device, precision: str, warmup: int,
-          steps: int) -> float:  # fmt: skip
-    """Tokens/s of `tinylm train` between its first record after warmup and its last."""
+          steps: int) -> tuple[float, float]:  # fmt: skip
+    """Tokens/s of `tinylm train` between its first record after warmup and its last, and
+    from the median of its records' step-to-step times (CPU, log_interval 1)."""
     from tinylm.cli import main
 
     batch = SIZES[size]["batch"]
@@ -132,7 +140,12 @@ def train(size: str, data: Path, run: Path, device: torch.device, precision: str
     first = next(r for r in train if r["step"] >= warmup)
     last = train[-1]
     assert last["step"] - first["step"] >= steps // 2, "too few records after warmup"
-    return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
+    window = (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
+    after = [r for r in train if r["step"] >= first["step"]]
+    pairs = zip(after[:-1], after[1:], strict=True)
+    rates = [(b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"])
+             for a, b in pairs if b["step"] == a["step"] + 1]  # fmt: skip
+    return window, (statistics.median(rates) if rates and device.type != "cuda" else window)
 
 
 def evaluate_speed(size: str, data: Path, run: Path, device: torch.device, tokens: int,
@@ -204,6 +217,8 @@ def summarize(rounds: dict[str, list[dict]]) -> list[dict]:
         t = statistics.median(r["train"] for r in rs)
         row = {"size": size, "batch": SIZES[size]["batch"], "bare": b, "train": t,
                "ratio": statistics.median(r["train"] / r["bare"] for r in rs),
+               "ratio_window": statistics.median(r["train_window"] / r["bare_window"]
+                                                 for r in rs),
                "ratios": [r["train"] / r["bare"] for r in rs]}  # fmt: skip
         if rs[0].get("eval"):
             e = statistics.median(r["eval"] for r in rs)
@@ -220,16 +235,18 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}; {result['date']}; precision {result['precision']} "
         f"(both sides), device {result['device']}; {result['steps']} timed steps after "
-        f"{result['warmup']} warm-up steps per side, {result['rounds']} interleaved rounds.",
+        f"{result['warmup']} warm-up steps per side, {result['rounds']} interleaved rounds. "
+        "Tokens/s from the median step time of each side (robust to bursts of load from other "
+        "jobs); the last column divides whole-window averages instead.",
         "",
         "| size | batch | bare loop tokens/s | `tinylm train` tokens/s | train / bare "
-        "| per round |",
-        "|---|---|---|---|---|---|",
+        "| per round | train / bare, whole windows |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         per = ", ".join(f"{x:.0%}" for x in r["ratios"])
         lines.append(f"| {r['size']} | {r['batch']} | {r['bare']:,.0f} | {r['train']:,.0f} | "
-                     f"{r['ratio']:.1%} | {per} |")  # fmt: skip
+                     f"{r['ratio']:.1%} | {per} | {r['ratio_window']:.1%} |")  # fmt: skip
     if any("eval" in r for r in result["rows"]):
         lines += [
             "",
@@ -315,14 +332,18 @@ def main() -> None:
                 order = ("bare", "train") if k % 2 == 0 else ("train", "bare")
                 for side in order:
                     if side == "bare":
-                        r["bare"] = bare(size, data[size], device, precision, args.warmup,
-                                         steps_of[size])  # fmt: skip
+                        r["bare_window"], r["bare"] = bare(
+                            size, data[size], device, precision, args.warmup, steps_of[size]
+                        )
                     else:
-                        r["train"] = train(size, data[size], run, device, precision,
-                                           args.warmup, steps_of[size])  # fmt: skip
+                        r["train_window"], r["train"] = train(
+                            size, data[size], run, device, precision, args.warmup, steps_of[size]
+                        )
                 if args.eval_tokens:
-                    r["eval"], r["eval_loss"] = evaluate_speed(size, data[size], run, device,
-                                                               args.eval_tokens)  # fmt: skip
+                    # As `tinylm eval` runs it: its default precision and batch size.
+                    r["eval"], r["eval_loss"] = evaluate_speed(
+                        size, data[size], run, device, args.eval_tokens, precision="auto"
+                    )
                     if args.eval_fp32:
                         r["eval_fp32"], r["eval_fp32_loss"] = evaluate_speed(
                             size, data[size], run, device, args.eval_tokens, precision="fp32"
