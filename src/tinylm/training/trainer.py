@@ -297,7 +297,11 @@ class Trainer:
         # The hot loop's own state (see _step and _read_steps).
         self.pending: list[_PendingStep] = []
         self.read_lag = 1 if self.device.type == "cuda" else 0
-        self.skip_on_device = _skips_on_device(self.optimizer) and not self.scaler.is_enabled()
+        self.skip_on_device = (
+            _skips_on_device(self.optimizer)
+            and not self.scaler.is_enabled()
+            and not distributed.is_sharded(self.model)  # DTensor parameters: not tried
+        )
         self.numbers_read = False
 
     # --- the two pieces a performance change replaces -----------------------------------
