@@ -125,15 +125,16 @@ def bare(size: str, data: Path, device: torch.device, precision: str, warmup: in
 
 
 def train(size: str, data: Path, run: Path, device: torch.device, precision: str, warmup: int,
-          steps: int) -> tuple[float, float]:  # fmt: skip
-    """Tokens/s of `tinylm train` between its first record after warmup and its last, and
-    from the median of its records' step-to-step times (CPU, log_interval 1)."""
+          steps: int, *extra: str) -> tuple[float, float, float]:  # fmt: skip
+    """`tinylm train` tokens/s between its first record after warmup and its last, and from
+    the median of its records' step-to-step times (CPU, log_interval 1); and the seconds of
+    its first step (with train.compile=true: compiling)."""
     from tinylm.cli import main
 
     batch = SIZES[size]["batch"]
     args = ["train", f"data.path={data}", *overrides(size), f"train.batch_size={batch}",
             f"train.max_steps={warmup + steps}", "data.val_split=", f"train.device={device}",
-            f"train.precision={precision}", "--out", str(run), "--overwrite"]  # fmt: skip
+            f"train.precision={precision}", *extra, "--out", str(run), "--overwrite"]  # fmt: skip
     assert main(args) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
@@ -145,7 +146,8 @@ def train(size: str, data: Path, run: Path, device: torch.device, precision: str
     pairs = zip(after[:-1], after[1:], strict=True)
     rates = [(b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"])
              for a, b in pairs if b["step"] == a["step"] + 1]  # fmt: skip
-    return window, (statistics.median(rates) if rates and device.type != "cuda" else window)
+    median = statistics.median(rates) if rates and device.type != "cuda" else window
+    return window, median, train[0]["elapsed_s"]
 
 
 def evaluate_speed(size: str, data: Path, run: Path, device: torch.device, tokens: int,
@@ -220,6 +222,11 @@ def summarize(rounds: dict[str, list[dict]]) -> list[dict]:
                "ratio_window": statistics.median(r["train_window"] / r["bare_window"]
                                                  for r in rs),
                "ratios": [r["train"] / r["bare"] for r in rs]}  # fmt: skip
+        if "compiled" in rs[0]:
+            first = rs[0]
+            row.update(compile_first_step_s=first["compile_first_step_s"],
+                       compiled=first["compiled"],
+                       compiled_vs_bare=first["compiled"] / b)  # fmt: skip
         if rs[0].get("eval"):
             e = statistics.median(r["eval"] for r in rs)
             row.update(eval=e, eval_vs_train=e / t, eval_loss=rs[-1]["eval_loss"])
@@ -247,6 +254,23 @@ def markdown(result: dict) -> str:
         per = ", ".join(f"{x:.0%}" for x in r["ratios"])
         lines.append(f"| {r['size']} | {r['batch']} | {r['bare']:,.0f} | {r['train']:,.0f} | "
                      f"{r['ratio']:.1%} | {per} | {r['ratio_window']:.1%} |")  # fmt: skip
+    if any("compiled" in r for r in result["rows"]):
+        lines += [
+            "",
+            "`train.compile=true` (one run per size: the first step includes compiling):",
+            "",
+            "| size | first step (compiles), s | compiled tokens/s | vs the bare eager loop "
+            "| compile time / time saved per step |",
+            "|---|---|---|---|---|",
+        ]
+        for r in result["rows"]:
+            if "compiled" not in r:
+                continue
+            tokens = r["batch"] * 128
+            saved = tokens / r["train"] - tokens / r["compiled"]  # s per step
+            payback = f"{r['compile_first_step_s'] / saved:,.0f} steps" if saved > 0 else "never"
+            lines.append(f"| {r['size']} | {r['compile_first_step_s']:.1f} | {r['compiled']:,.0f} "
+                         f"| {r['compiled_vs_bare']:.2f}x | {payback} |")  # fmt: skip
     if any("eval" in r for r in result["rows"]):
         lines += [
             "",
@@ -304,6 +328,11 @@ def main() -> None:
         action="store_true",
         help="also evaluate in fp32 (precision='fp32') for the difference",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time `tinylm train train.compile=true` (first round only)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--data", type=Path, help="prepared datasets kept here (default: temp)")
@@ -336,9 +365,14 @@ def main() -> None:
                             size, data[size], device, precision, args.warmup, steps_of[size]
                         )
                     else:
-                        r["train_window"], r["train"] = train(
+                        r["train_window"], r["train"], _ = train(
                             size, data[size], run, device, precision, args.warmup, steps_of[size]
                         )
+                if args.compile and k == 0:  # once: compiling is slow, its cost stable
+                    _, r["compiled"], r["compile_first_step_s"] = train(
+                        size, data[size], Path(tmp) / f"compiled-{size}", device, precision,
+                        args.warmup, steps_of[size], "train.compile=true",
+                    )  # fmt: skip
                 if args.eval_tokens:
                     # As `tinylm eval` runs it: its default precision and batch size.
                     r["eval"], r["eval_loss"] = evaluate_speed(

@@ -100,3 +100,24 @@ def test_blocks_cross_shard_boundaries_in_a_token_array():
     assert sorted(blocks[:, 0].tolist()) == [0, 5, 10, 15]
     assert torch.equal(blocks - blocks[:, :1], torch.arange(5).expand(4, 5))
     assert torch.cat(list(eval_batches(tokens, 5, 3))).flatten().tolist() == list(range(20))
+
+
+def test_prefetcher_gives_the_loaders_stream_and_position():
+    """Read ahead in a thread, the batches and the saved position are the plain loader's;
+    a position moved under it (a resume) drops the batch read ahead."""
+    from tinylm.data.loader import Prefetcher
+
+    tokens = np.arange(40 * 4, dtype=np.uint16)  # 40 blocks of 4: 4 batches of 10 per epoch
+    plain = BlockLoader(tokens, 4, 10, seed=5)
+    ahead = Prefetcher(BlockLoader(tokens, 4, 10, seed=5), torch.device("cpu"))
+    try:
+        for _ in range(6):  # across an epoch end
+            assert torch.equal(ahead.next_batch(), plain.next_batch())
+            assert ahead.loader.state_dict() == plain.state_dict()
+        state = BlockLoader(tokens, 4, 10, seed=5)
+        for _ in range(2):
+            state.next_batch()
+        ahead.loader.load_state_dict(state.state_dict())  # back to batch 2 of epoch 0
+        assert torch.equal(ahead.next_batch(), state.next_batch())
+    finally:
+        ahead.close()
