@@ -274,8 +274,12 @@ def markdown(result: dict) -> str:
     if any("eval" in r for r in result["rows"]):
         lines += [
             "",
-            f"Evaluation (`tinylm.evaluate.evaluate` with its defaults, the first "
-            f"{result['eval_tokens']:,} train tokens, the model `train` wrote):",
+            "Evaluation (`tinylm.evaluate.evaluate` as `tinylm eval` calls it: precision auto, "
+            "batch size 0 = chosen by evaluate; before those options existed, fp32 at `tinylm "
+            "eval`'s batch of 32), on the model `train` wrote, the first tokens of the train "
+            "split; per size: "
+            + ", ".join(f"{k} {v:,}" for k, v in result["eval_tokens"].items())
+            + "):",
             "",
             "| size | eval tokens/s | eval / train | loss | fp32 eval tokens/s | fp32 loss | "
             "difference |",
@@ -312,21 +316,26 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default=",".join(SIZES))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="interleaved rounds; even, so each side goes first equally often",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side")
     parser.add_argument(
-        "--steps", default="60,30,8,8", help="timed steps per size (one number or one per size)"
+        "--steps", default="40,20,6,6", help="timed steps per size (one number or one per size)"
     )
     parser.add_argument(
         "--eval-tokens",
-        type=int,
-        default=65536,
-        help="tokens per eval measurement (0: no eval section)",
+        default="65536,32768,16384,16384",
+        help="tokens per eval measurement (one number or one per size; 0: none)",
     )
     parser.add_argument(
-        "--eval-fp32",
-        action="store_true",
-        help="also evaluate in fp32 (precision='fp32') for the difference",
+        "--no-eval-fp32",
+        dest="eval_fp32",
+        action="store_false",
+        help="skip the fp32 evaluation (the difference against fp32)",
     )
     parser.add_argument(
         "--compile",
@@ -350,6 +359,9 @@ def main() -> None:
     sizes = args.sizes.split(",")
     steps = [int(s) for s in args.steps.split(",")]
     steps_of = {s: steps[i] if len(steps) > 1 else steps[0] for i, s in enumerate(sizes)}
+    eval_tokens = [int(s) for s in args.eval_tokens.split(",")]
+    eval_of = {s: eval_tokens[i] if len(eval_tokens) > 1 else eval_tokens[0]
+               for i, s in enumerate(sizes)}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         data_root = args.data or Path(tmp)
         data = {s: prepare_data(data_root, SIZES[s]["tokenizer"]) for s in sizes}
@@ -373,14 +385,14 @@ def main() -> None:
                         size, data[size], Path(tmp) / f"compiled-{size}", device, precision,
                         args.warmup, steps_of[size], "train.compile=true",
                     )  # fmt: skip
-                if args.eval_tokens:
+                if eval_of[size]:
                     # As `tinylm eval` runs it: its default precision and batch size.
                     r["eval"], r["eval_loss"] = evaluate_speed(
-                        size, data[size], run, device, args.eval_tokens, precision="auto"
+                        size, data[size], run, device, eval_of[size], precision="auto"
                     )
                     if args.eval_fp32:
                         r["eval_fp32"], r["eval_fp32_loss"] = evaluate_speed(
-                            size, data[size], run, device, args.eval_tokens, precision="fp32"
+                            size, data[size], run, device, eval_of[size], precision="fp32"
                         )
                 print(f"round {k + 1} {size}: " + ", ".join(
                     f"{key} {v:,.1f}" for key, v in r.items()), flush=True)  # fmt: skip
@@ -395,7 +407,7 @@ def main() -> None:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "steps": args.steps,
-        "eval_tokens": args.eval_tokens,
+        "eval_tokens": eval_of,
         "rows": summarize(rounds),
         "raw": rounds,
     }
