@@ -173,6 +173,25 @@ def evaluate_speed(size: str, data: Path, run: Path, device: torch.device, token
     return result.tokens / (time.perf_counter() - start), result.loss
 
 
+def record_cost(tmp: Path, n: int = 2000) -> dict[str, float]:
+    """Microseconds per metrics record (a train record's fields), JSON only and with
+    TensorBoard: what train.log_interval=1 adds to every step."""
+    from tinylm.training.metrics import MetricsLog
+
+    record = {"kind": "train", "step": 0, "tokens": 0, "elapsed_s": 0.0, "epoch": 0.1,
+              "loss": 3.2, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 1e4,
+              "skipped_steps": 0}  # fmt: skip
+    out = {}
+    for name, tb in (("json", None), ("json+tensorboard", tmp / "tb")):
+        log = MetricsLog(tmp / f"metrics-{name}.jsonl", tb, None)
+        start = time.perf_counter()
+        for i in range(n):
+            log.write({**record, "step": i})
+        out[name] = (time.perf_counter() - start) / n * 1e6
+        log.close()
+    return out
+
+
 def _optim_config():
     from tinylm.config import OptimConfig
 
@@ -254,6 +273,12 @@ def markdown(result: dict) -> str:
         per = ", ".join(f"{x:.0%}" for x in r["ratios"])
         lines.append(f"| {r['size']} | {r['batch']} | {r['bare']:,.0f} | {r['train']:,.0f} | "
                      f"{r['ratio']:.1%} | {per} | {r['ratio_window']:.1%} |")  # fmt: skip
+    if "record_us" in result:
+        us = result["record_us"]
+        lines += ["", f"One metrics record (train.log_interval=1: one per step) costs "
+                  f"{us['json']:.0f} µs as a JSON line and {us['json+tensorboard']:.0f} µs with "
+                  "TensorBoard's scalars (train.tensorboard=true), timed over 2,000 "
+                  "records."]  # fmt: skip
     if any("compiled" in r for r in result["rows"]):
         lines += [
             "",
@@ -397,7 +422,9 @@ def main() -> None:
                 print(f"round {k + 1} {size}: " + ", ".join(
                     f"{key} {v:,.1f}" for key, v in r.items()), flush=True)  # fmt: skip
                 rounds[size].append(r)
+        records = record_cost(Path(tmp))
     result = {
+        "record_us": records,
         "command": "PYTHONPATH=src flock /tmp/tinylm-heavy.lock python bench/loop_overhead.py "
         + " ".join(sys.argv[1:]),
         "machine": machine(device),
