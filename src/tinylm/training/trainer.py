@@ -296,6 +296,7 @@ class Trainer:
         self.stop_reason: str | None = None  # set when the loop ends; saved in the last meta
         # The hot loop's own state (see _step and _read_steps).
         self.pending: list[_PendingStep] = []
+        self.pending_log_step: int | None = None  # the first pending step due a record
         self.read_lag = 1 if self.device.type == "cuda" else 0
         self.skip_on_device = (
             _skips_on_device(self.optimizer)
@@ -512,8 +513,10 @@ class Trainer:
         )
         # Read what is due: on a CPU at once; on a GPU one step late, with the next step
         # already queued behind it, so the device does not idle while the host reads.
+        if log and self.pending_log_step is None:
+            self.pending_log_step = self.step
         due = self.step - self.read_lag
-        if read_now or any(p.log and p.fields["step"] <= due for p in self.pending):
+        if read_now or (self.pending_log_step is not None and self.pending_log_step <= due):
             self._read_steps(self.step if read_now else due)
 
     def _read_steps(self, through: int | None = None) -> None:
@@ -525,6 +528,7 @@ class Trainer:
         if not ready:
             return
         del self.pending[: len(ready)]
+        self.pending_log_step = next((p.fields["step"] for p in self.pending if p.log), None)
         numbers = torch.stack([p.values for p in ready]).tolist()  # the one host sync
         newly_skipped = False
         for p, (step_loss, grad_norm, ok) in zip(ready, numbers, strict=True):
