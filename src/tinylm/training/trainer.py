@@ -541,20 +541,15 @@ class Trainer:
                 _print(f"step {p.fields['step']}: non-finite loss or gradient norm; update "
                        f"skipped ({self.skipped_steps} so far)")  # fmt: skip
             if p.log or not ok:
-                fields = dict(p.fields)
-                step, tokens, elapsed = (
-                    fields.pop("step"),
-                    fields.pop("tokens"),
-                    fields.pop("elapsed_s"),
-                )
+                f = p.fields
                 self._record(
                     kind="train",
-                    at=(step, tokens, elapsed),
-                    epoch=fields["epoch"],
+                    at=(f["step"], f["tokens"], f["elapsed_s"]),
+                    epoch=f["epoch"],
                     loss=step_loss,
-                    lr=fields["lr"],
+                    lr=f["lr"],
                     grad_norm=grad_norm,
-                    tokens_per_s=fields["tokens_per_s"],
+                    tokens_per_s=f["tokens_per_s"],
                     skipped_steps=self.skipped_steps,
                 )
         self.numbers_read = True
