@@ -121,3 +121,18 @@ def test_prefetcher_gives_the_loaders_stream_and_position():
         assert torch.equal(ahead.next_batch(), state.next_batch())
     finally:
         ahead.close()
+
+
+@pytest.mark.parametrize("n_tokens", [40 * 4 + 3, 23 * 4 + 3, 24 * 4 + 3, 10 * 4 + 1])
+@pytest.mark.parametrize("max_batches", [0, 1, 3])
+def test_eval_prefix_holds_what_the_first_batches_read(n_tokens, max_batches):
+    """Evaluation may run the first max_batches batches in any batch size: the prefix holds
+    exactly their tokens (the tail only where eval_batches reaches it)."""
+    from tinylm.data.loader import eval_prefix
+
+    tokens = np.arange(n_tokens, dtype=np.uint16)
+    want = torch.cat([b.flatten() for b in eval_batches(tokens, 4, 8, max_batches)])
+    prefix = eval_prefix(tokens, 4, 8, max_batches)
+    for batch_size in (1, 5, 100):
+        got = torch.cat([b.flatten() for b in eval_batches(prefix, 4, batch_size)])
+        assert torch.equal(got, want)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tinylm import distributed
-from tinylm.data.loader import eval_batches, prefetched
+from tinylm.data.loader import eval_batches, eval_prefix, prefetched
 from tinylm.loss import chunked_next_token_loss, unwrap
 from tinylm.precision import autocast, resolve_precision
 from tinylm.progress import progress as progress_bar
@@ -59,7 +59,8 @@ def evaluate(
     Forward passes only, in inference mode, under `precision`'s autocast ('fp32', 'bf16',
     'fp16' or 'auto', training's choice for the device; the loss itself sums in fp32 and
     fp64). batch_size 0 picks the largest batch the device's memory allows
-    (`eval_batch_size`); the blocks evaluated do not depend on it, only max_batches does.
+    (`eval_batch_size`); without max_batches the result does not depend on it (up to
+    summation order). max_batches: only the first max_batches batches (`eval_prefix`).
     progress: a bar with tokens, rate and ETA (None: for splits of PROGRESS_TOKENS or more).
     The numbers stay on the device until the end: one host sync per call.
 
@@ -70,8 +71,7 @@ def evaluate(
     precision = resolve_precision(precision, device)
     if batch_size <= 0:
         batch_size = eval_batch_size(model, block_size, device)
-    if max_batches:  # the same blocks whatever batch the work runs in
-        tokens = tokens[: max_batches * batch_size * block_size]
+    tokens = eval_prefix(tokens, block_size, batch_size, max_batches)
     was_training = model.training
     model.eval()
     rank, world = distributed.rank(), distributed.world_size()

@@ -220,6 +220,17 @@ def eval_batches(
         yield torch.from_numpy(np.asarray(tail).astype(np.int64)).unsqueeze(0)  # (1, T_tail)
 
 
+def eval_prefix(tokens: np.ndarray, block_size: int, batch_size: int, max_batches: int
+                ) -> np.ndarray:  # fmt: skip
+    """The tokens eval_batches(tokens, block_size, batch_size, max_batches) reads, as a
+    prefix that eval_batches(..., max_batches=0) reads whole with any batch size: the
+    first max_batches * batch_size blocks, and the tail only if fewer batches came before it."""
+    num_blocks = len(tokens) // block_size
+    if not max_batches or math.ceil(num_blocks / batch_size) < max_batches:
+        return tokens
+    return tokens[: min(num_blocks, max_batches * batch_size) * block_size]
+
+
 def gather_windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> torch.Tensor:
     """Windows tokens[s : s + block_size] for each s in starts, as a (B, block_size) int64."""
     offsets = starts[:, None] + np.arange(block_size)[None, :]  # (B, T)

@@ -44,7 +44,7 @@ from tinylm import distributed
 from tinylm.atomic import write_atomic
 from tinylm.config import Config, config_differences, config_from_dict, load_config
 from tinylm.data.dataset import PreparedDataset
-from tinylm.data.loader import BlockLoader, Prefetcher
+from tinylm.data.loader import BlockLoader, Prefetcher, eval_prefix
 from tinylm.data.tokenizer import Tokenizer
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError, is_out_of_memory
@@ -582,13 +582,11 @@ class Trainer:
         self._read_steps()  # the step's train record comes before its val record
         eval_start = time.monotonic()
         t, block_size = self.config.train, self.config.model.block_size
-        val_tokens = self.val_tokens
-        if t.eval_batches:  # the first eval_batches batches of batch_size blocks, every time
-            val_tokens = val_tokens[: t.eval_batches * t.batch_size * block_size]
-        # Evaluated in batches as large as evaluate finds fastest, in the training precision.
+        # The first eval_batches batches of batch_size blocks, every time; evaluated in
+        # batches as large as evaluate finds fastest, in the training precision.
         self.val = evaluate(
             self.model,
-            val_tokens,
+            eval_prefix(self.val_tokens, block_size, t.batch_size, t.eval_batches),
             block_size,
             device=self.device,
             token_bytes=self.tokenizer.token_bytes,
