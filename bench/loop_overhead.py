@@ -2,7 +2,8 @@
 
     PYTHONPATH=src flock /tmp/tinylm-heavy.lock python bench/loop_overhead.py
 
-For each model size, rounds of (interleaved, order alternating per round):
+For each model size, rounds of (interleaved, order alternating per round, after two
+untimed bare steps that let the process settle on this size):
   bare   the step alone, in this process: forward, chunked loss, backward, clip, fused
          AdamW, on batches already in memory (on the device), in the precision `tinylm
          train` resolves; steps timed after warmup steps, the device synchronised at the end
@@ -396,6 +397,10 @@ def main() -> None:
                 run = Path(tmp) / f"run-{size}"
                 r: dict = {}
                 order = ("bare", "train") if k % 2 == 0 else ("train", "bare")
+                # Untimed: after another size's work (an eval at a large batch) the first
+                # steps of a size ran slower whichever side came first (the allocator
+                # settling); this absorbs it so that order does not decide the ratio.
+                bare(size, data[size], device, precision, 1, 2)
                 for side in order:
                     if side == "bare":
                         r["bare_window"], r["bare"] = bare(
