@@ -81,6 +81,8 @@ def chunked_next_token_loss(
     chunk_size: positions per output-layer chunk; 0 lets `chunk_positions` choose.
     """
     B, T = tokens.shape
+    if unwrap(model).config.logit_softcap > 0:  # the fused kernel knows no soft-cap: the
+        return next_token_loss(model(tokens), tokens, reduction)  # plain path, full logits
     hidden = model(tokens, return_hidden=True)  # (B, T, C)
     weight = unwrap(model).lm_head.weight  # (V, C)
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])  # (N, C), N = B*(T-1): position t ...
