@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tinylm.errors import TinyLMError
 from tinylm.inference import InferenceRun, TextDecoder
 from tinylm.serve.engine import Engine, Overloaded, SamplingParams, TokenEvent
 from tinylm.serve.engine import Request as EngineRequest
@@ -74,6 +75,14 @@ class ServeConfig:
     """Requests decoded together per model; more wait in the queue."""
     max_queue: int = 64
     """Requests waiting for a decoding slot; more are refused with HTTP 429."""
+
+    def check(self) -> None:
+        for limit in ("max_body_bytes", "max_n", "max_batch", "max_queue", "max_tokens"):
+            value = getattr(self, limit)
+            if value is not None and value <= 0:
+                raise TinyLMError(f"{limit} (--{limit.replace('_', '-')}) must be positive")
+        if not 0 <= self.port < 65536:
+            raise TinyLMError("port (--port) must be between 0 and 65535")
 
 
 @dataclass

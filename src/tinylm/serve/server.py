@@ -40,11 +40,7 @@ def load_models(
 
 def build(models: list[ServedModel], config: ServeConfig):
     """(app, engine) for these models under these limits."""
-    for limit in ("max_body_bytes", "max_n", "max_batch", "max_queue"):
-        if getattr(config, limit) <= 0:
-            raise TinyLMError(f"--{limit.replace('_', '-')} must be positive")
-    if config.max_tokens is not None and config.max_tokens <= 0:
-        raise TinyLMError("--max-tokens must be positive")
+    config.check()
     engine = Engine(
         {m.name: m.run.model for m in models}, EngineConfig(config.max_batch, config.max_queue)
     )
