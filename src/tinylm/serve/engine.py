@@ -116,6 +116,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (all models)
+        self.cancelled = 0  # requests ended early by the caller (client gone, stop string)
         self.error: BaseException | None = None
 
     # -- the caller's side (any thread) --------------------------------------------------
@@ -152,6 +153,7 @@ class Engine:
             "active": sum(len(b.rows) for b in self.batches.values()),
             "waiting": len(self._waiting),
             "steps": self.steps,
+            "cancelled": self.cancelled,
         }
 
     # -- the worker thread ---------------------------------------------------------------
@@ -169,7 +171,7 @@ class Engine:
                     for batch, request in admitted:
                         batch.join(request)
                     for batch in self.batches.values():
-                        batch.drop_cancelled()
+                        self.cancelled += batch.drop_cancelled()
                         if batch.rows:
                             batch.step()
                             self.steps += 1
@@ -198,6 +200,7 @@ class Engine:
         free = {name: b.max_batch - len(b.rows) for name, b in self.batches.items()}
         for request in self._waiting:
             if request.cancelled:
+                self.cancelled += 1
                 request.emit(TokenEvent(None, finish="cancelled"))
             elif free[request.model] > 0:
                 free[request.model] -= 1
@@ -255,12 +258,16 @@ class SlotBatch:
             self._sample(row, logits[row : row + 1])
         self._drop(lambda r: r.finished)
 
-    def drop_cancelled(self) -> None:
+    def drop_cancelled(self) -> int:
+        """Free the rows of cancelled requests; how many there were."""
+        count = 0
         for request in self.rows:
             if request.cancelled and not request.finished:
                 request.finished = True
                 request.emit(TokenEvent(None, finish="cancelled"))
+                count += 1
         self._drop(lambda r: r.finished)
+        return count
 
     def _sample(
         self,
