@@ -223,6 +223,9 @@ class SlotBatch:
         self.device = weight.device
         self.k = [torch.zeros(shape, dtype=weight.dtype, device=self.device) for _ in model.blocks]
         self.v = [torch.zeros(shape, dtype=weight.dtype, device=self.device) for _ in model.blocks]
+        # The output layer's weight transposed once, (C, V): at batch 1, hidden @ head is
+        # ~3x faster than nn.Linear's (V, C) layout on this 2-core CPU (bench/serve_bench.py).
+        self.head = weight.detach().t().contiguous()
         self.rows: list[Request] = []
         self.lengths: list[int] = []  # tokens cached in each row
         self.pending: list[int] = []  # each row's newest token, sampled but not yet cached
@@ -237,10 +240,10 @@ class SlotBatch:
         cache = _PrefillCache(self, row)
         hidden = self.model(prompt, cache=cache, return_hidden=True)  # (1, T, C)
         if params.prompt_logprobs:
-            logits = self.model.lm_head(hidden)[0]  # (T, V)
+            logits = hidden[0] @ self.head  # (T, V)
             prompt_lp = _prompt_logprobs(logits, request.prompt, params.logprobs or 0)
         else:
-            logits, prompt_lp = self.model.lm_head(hidden[0, -1:]), None  # (1, V)
+            logits, prompt_lp = hidden[0, -1:] @ self.head, None  # (1, V)
         self.rows.append(request)
         self.lengths.append(T)
         self.pending.append(0)
@@ -251,7 +254,7 @@ class SlotBatch:
         B = len(self.rows)
         idx = torch.tensor(self.pending, dtype=torch.long, device=self.device)[:, None]  # (B,1)
         cache = _DecodeCache(self, self.lengths)
-        logits = self.model(idx, cache=cache)[:, -1, :]  # (B, V)
+        logits = self.model(idx, cache=cache, return_hidden=True)[:, -1, :] @ self.head  # (B, V)
         for row in range(B):
             self.lengths[row] += 1
         for row in range(B):
