@@ -2,7 +2,10 @@
 
 import asyncio
 import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx2 as httpx
 import openai
@@ -295,3 +298,13 @@ def test_choice_releases_whole_characters_and_no_partial_stop():
     assert out == ["", "é", " ", "", "", ""]  # é is 2 bytes; "<EN" may start <END>
     out = [choice.add(TokenEvent(b))[0] for b in b"x <END> more"]
     assert "".join(out) == "<ENx " and choice.finish == "stop"
+
+
+def test_load_32_clients_no_failures_healthy_after_memory_flat(tiny_run):
+    """bench/serve_load.py, bounded: 32 concurrent clients, 96 mixed requests."""
+    script = Path(__file__).parent.parent / "bench" / "serve_load.py"
+    args = [str(tiny_run), "--clients", "32", "--requests", "96"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    result = json.loads(done.stdout)
+    assert done.returncode == 0 and result["passed"], done.stdout + done.stderr[-2000:]
+    assert result["failed"] == 0 and result["health_after"]["active"] == 0
