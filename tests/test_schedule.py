@@ -63,3 +63,39 @@ def test_decaying_schedule_needs_a_length():
         build_schedule(cfg, budget_steps=math.inf, budget_tokens=math.inf)
     with pytest.raises(TinyLMError, match="shorten the warmup"):
         build_schedule(OptimConfig(schedule="wsd", warmup=50), 40, 40 * 4096)
+
+
+def test_wsd_one_minus_sqrt_cooldown():
+    s = schedule("wsd", decay_fraction=0.2, decay_shape="1-sqrt")  # decay from 800 to 1000
+    assert s.lr_at(799) == PEAK
+    assert s.lr_at(850) == pytest.approx(MIN + (PEAK - MIN) * (1 - math.sqrt(0.25)))
+    assert s.lr_at(900) == pytest.approx(MIN + (PEAK - MIN) * (1 - math.sqrt(0.5)))
+    assert s.lr_at(1000) == pytest.approx(MIN)
+    linear = schedule("wsd", decay_fraction=0.2)
+    assert s.lr_at(900) < linear.lr_at(900)  # 1-sqrt drops faster early in the cooldown
+
+
+def test_time_unit_places_warmup_and_decay_in_the_minutes_budget():
+    """Fractions of train.max_minutes: the position is training seconds / budget seconds,
+    whatever the step or token count (a step-based decay under a time cap would decay at
+    a step the run may never reach)."""
+    cfg = OptimConfig(lr=PEAK, schedule="wsd", schedule_unit="time", warmup=0.1,
+                      decay_fraction=0.5, min_lr_ratio=MIN_RATIO)  # fmt: skip
+    s = build_schedule(cfg, budget_steps=math.inf, budget_tokens=math.inf, budget_minutes=2.0)
+    assert s.lr_for(steps=10**6, tokens=1, seconds=6.0) == pytest.approx(PEAK / 2)  # 5%
+    assert s.lr_for(steps=3, tokens=1, seconds=59.0) == PEAK  # stable until 50%
+    assert s.lr_for(steps=3, tokens=1, seconds=90.0) == pytest.approx((PEAK + MIN) / 2)
+    assert s.lr_for(steps=3, tokens=1, seconds=120.0) == pytest.approx(MIN)
+    with pytest.raises(TinyLMError, match="set train.max_minutes"):
+        build_schedule(cfg, math.inf, math.inf, budget_minutes=0.0)
+
+
+def test_time_unit_config_is_checked():
+    from tinylm.config import load_config
+
+    with pytest.raises(TinyLMError, match="schedule_unit=time .* set train.max_minutes"):
+        load_config(None, ["optim.schedule_unit=time"])
+    with pytest.raises(TinyLMError, match="fractions of train.max_minutes"):
+        load_config(None, ["optim.schedule_unit=time", "train.max_minutes=1", "optim.warmup=5"])
+    with pytest.raises(TinyLMError, match="decay_shape='sqrt'; choose one of linear, 1-sqrt"):
+        load_config(None, ["optim.decay_shape=sqrt"])

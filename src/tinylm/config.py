@@ -24,30 +24,76 @@ from tinylm.errors import TinyLMError
 
 @dataclass
 class ModelConfig:
-    """The GPT's shape. Defaults are the reference study's Mini-GPT (seed-d128)."""
+    """The GPT's shape and components. Defaults are the reference study's Mini-GPT (seed-d128):
+    learned positions, LayerNorm, a 4x GELU MLP, biases, untied output. The component fields
+    (norm ... n_kv_head) pick the modern pieces; see docs/model.md for the families."""
 
     vocab_size: int = 0
     """Tokens in the vocabulary; 0 takes the dataset's tokenizer's (GPT-2 BPE: 50,257).
     A value that differs from the dataset's is refused."""
     block_size: int = 128
-    """Longest sequence the model sees, in tokens (size of the position table)."""
+    """Longest sequence the model sees, in tokens (the context window; with learned
+    positions also the size of the position table)."""
     n_layer: int = 2
     """Number of transformer blocks."""
     n_head: int = 4
-    """Attention heads per block; n_embd must be divisible by it."""
+    """Attention (query) heads per block; n_embd must be divisible by it."""
     n_embd: int = 128
     """Width of the residual stream (128 or 256 in the reference study)."""
     dropout: float = 0.1
     """Dropout on embeddings, attention weights and residual branches (training only)."""
     bias: bool = True
-    """Biases in Linear and LayerNorm layers (the output projection never has one)."""
+    """Biases in every Linear layer and LayerNorm (the output projection never has one)."""
     tie_embeddings: bool = False
     """Share the token embedding with the output projection. The study's counts need False."""
     activation: str = "gelu"
-    """MLP activation: 'gelu' (exact, erf) or 'gelu_tanh' (GPT-2's tanh approximation)."""
+    """MLP: 'gelu' (exact, erf), 'gelu_tanh' (GPT-2's tanh approximation), 'relu2'
+    (squared ReLU), each C -> hidden -> C; or 'swiglu' (down(silu(gate(x)) * up(x)))."""
+    mlp_hidden: int = 0
+    """Hidden width of the MLP; 0 = 4 * n_embd, or for swiglu 8/3 * n_embd rounded up to a
+    multiple of 8 (the same parameter count as a 4x two-matrix MLP, as in Llama)."""
+    norm: str = "layernorm"
+    """'layernorm' or 'rmsnorm': the pre-attention, pre-MLP and final normalisation."""
+    norm_gain: bool = True
+    """Learnable per-channel gain in every norm (LayerNorm: gain and, with bias, shift).
+    False: plain normalisation with no parameters."""
+    norm_eps: float = 1e-5
+    """Epsilon inside the norms (torch's LayerNorm default; Llama uses 1e-5 or 1e-6)."""
+    positions: str = "learned"
+    """'learned' (a block_size x n_embd table added to the tokens) or 'rope' (rotary
+    embeddings on queries and keys, Llama's rotate-half layout; no position parameters)."""
+    rope_base: float = 10000.0
+    """RoPE only: the base of the rotation frequencies (theta)."""
+    qk_norm: bool = False
+    """Normalise each head's queries and keys (the configured norm over the head size,
+    one gain shared by all heads, as Qwen3) before RoPE and the dot product."""
+    n_kv_head: int = 0
+    """Key/value heads (grouped-query attention); 0 = n_head. n_head must be a multiple."""
+    logit_softcap: float = 0.0
+    """Soft-cap the logits as cap * tanh(logits / cap); 0 = off."""
+    zero_init_proj: bool = False
+    """Initialise the projections that write into the residual stream (attention output
+    and MLP down-projection) to zero, so every block starts as the identity. False: GPT-2's
+    0.02 / sqrt(2 * n_layer) normal init."""
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads actually used (n_kv_head, or n_head when 0)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        """The MLP's hidden width (mlp_hidden resolved)."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.activation == "swiglu":
+            return -(-8 * self.n_embd // 3 // 8) * 8  # ceil(8C/3) to a multiple of 8
+        return 4 * self.n_embd
 
 
-ACTIVATIONS = ("gelu", "gelu_tanh")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu2", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
 
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 """Weights' precision for generate/serve; auto: fp32 on a CPU (faster than bf16 at batch 1
@@ -57,7 +103,17 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     # The reference study's two widths; parameter counts 13.3M and 27.3M (untied).
     "seed-d128": ModelConfig(n_embd=128, vocab_size=50257),
     "seed-d256": ModelConfig(n_embd=256, vocab_size=50257),
-}
+    # The modern family at the same widths (RoPE, RMSNorm, SwiGLU, no biases, tied output,
+    # zero-initialised residual projections): exports as LlamaForCausalLM.
+    "modern-d128": ModelConfig(
+        n_embd=128, vocab_size=50257, dropout=0.0, bias=False, tie_embeddings=True,
+        activation="swiglu", norm="rmsnorm", positions="rope", zero_init_proj=True,
+    ),
+    "modern-d256": ModelConfig(
+        n_embd=256, vocab_size=50257, dropout=0.0, bias=False, tie_embeddings=True,
+        activation="swiglu", norm="rmsnorm", positions="rope", zero_init_proj=True,
+    ),
+}  # fmt: skip
 
 
 @dataclass
@@ -77,12 +133,29 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with gradient clipping and a learning-rate schedule (constant in the study)."""
+    """AdamW (or Muon + AdamW) with gradient clipping and a learning-rate schedule
+    (constant AdamW in the study)."""
 
+    optimizer: str = "adamw"
+    """'adamw' for every parameter, or 'muon': torch.optim.Muon for the 2-D matrices inside
+    the blocks and AdamW (the fields below) for embeddings, output layer, norms, biases."""
     lr: float = 1e-3
-    """Peak learning rate (the reference study used 1e-3 and 5e-4, constant)."""
+    """Peak learning rate of AdamW (the reference study used 1e-3 and 5e-4, constant)."""
     weight_decay: float = 0.01
-    """Applied to weight matrices only; never to biases, LayerNorms or the position table."""
+    """AdamW's, on weight matrices only; never on biases, norms or the position table."""
+    muon_lr: float = 0.02
+    """Muon only: peak learning rate of the block matrices (the reference Muon's 0.02;
+    torch's own default is 1e-3). The schedule scales it as it scales lr."""
+    muon_momentum: float = 0.95
+    """Muon only: momentum (Nesterov)."""
+    muon_weight_decay: float = 0.0
+    """Muon only: decoupled weight decay, applied as w -= lr * wd * w (torch's default is
+    0.1, the reference Muon's 0)."""
+    muon_ns_steps: int = 5
+    """Muon only: Newton-Schulz iterations that orthogonalise each update."""
+    muon_adjust_lr: str = "original"
+    """Muon only: update scale per matrix shape, 'original' (sqrt(max(1, rows/cols)), the
+    reference's) or 'match_rms_adamw' (0.2 * sqrt(max(rows, cols)), Moonshot's)."""
     beta1: float = 0.9
     """AdamW first-moment decay."""
     beta2: float = 0.999
@@ -93,17 +166,29 @@ class OptimConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
     schedule: str = "constant"
     """'constant' (the study's), 'cosine' (warmup then cosine decay) or 'wsd'
-    (warmup, stable, then linear decay over the last decay_fraction)."""
+    (warmup, stable, then a cooldown over the last decay_fraction, shaped by decay_shape)."""
     schedule_unit: str = "steps"
-    """'steps' or 'tokens': the unit of warmup and schedule_length."""
+    """The unit of warmup and schedule_length: 'steps', 'tokens', or 'time': fractions of
+    the wall-clock budget train.max_minutes (training time, summed over resumes; e.g.
+    warmup=0.05 is the first 5% of the minutes), so a timed run decays when its time ends."""
     warmup: float = 0.0
-    """Linear warmup from 0 to lr over this many steps (or tokens); 0 = none."""
+    """Linear warmup from 0 to lr over this many steps (tokens, or fraction of the time
+    budget); 0 = none."""
     schedule_length: float = 0.0
-    """Where the decay ends, in schedule units; 0 = the run's step or token budget."""
+    """Where the decay ends, in schedule units; 0 = the run's step, token or time budget."""
     decay_fraction: float = 0.2
     """WSD only: the share of schedule_length spent decaying (the rest is stable)."""
+    decay_shape: str = "linear"
+    """WSD only: the cooldown from lr to lr * min_lr_ratio, 'linear' or '1-sqrt'
+    (lr falls as 1 - sqrt(progress): fast at first, then slowly)."""
     min_lr_ratio: float = 0.1
     """Cosine and WSD decay to lr * min_lr_ratio (and stay there)."""
+
+
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULE_UNITS = ("steps", "tokens", "time")
+DECAY_SHAPES = ("linear", "1-sqrt")
+MUON_ADJUST_LR = ("original", "match_rms_adamw")
 
 
 @dataclass
@@ -195,11 +280,38 @@ class Config:
             f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}",
         )
         _require(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
+        for key, choices in (("activation", ACTIVATIONS), ("norm", NORMS),
+                             ("positions", POSITIONS)):  # fmt: skip
+            value = getattr(m, key)
+            _require(value in choices,
+                     f"model.{key}={value!r}; choose one of {', '.join(choices)}")  # fmt: skip
+        _require(m.mlp_hidden >= 0, "model.mlp_hidden must not be negative (0 = the default)")
+        _require(m.norm_eps > 0, "model.norm_eps must be positive")
+        _require(m.rope_base > 1, "model.rope_base must be greater than 1")
+        _require(m.logit_softcap >= 0, "model.logit_softcap must not be negative (0 = off)")
         _require(
-            m.activation in ACTIVATIONS,
-            f"model.activation={m.activation!r}; choose one of {', '.join(ACTIVATIONS)}",
+            m.n_kv_head >= 0 and m.n_head % m.kv_heads == 0,
+            f"model.n_head={m.n_head} is not a multiple of model.n_kv_head={m.n_kv_head}",
+        )
+        _require(
+            m.positions != "rope" or (m.n_embd // m.n_head) % 2 == 0,
+            f"model.positions=rope needs an even head size (n_embd / n_head = "
+            f"{m.n_embd // m.n_head})",
         )
         _require(self.optim.lr > 0, "optim.lr must be positive")
+        _require(
+            self.optim.optimizer in OPTIMIZERS,
+            f"optim.optimizer={self.optim.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+        )
+        _require(
+            self.optim.muon_adjust_lr in MUON_ADJUST_LR,
+            f"optim.muon_adjust_lr={self.optim.muon_adjust_lr!r}; choose one of "
+            f"{', '.join(MUON_ADJUST_LR)}",
+        )
+        _require(self.optim.muon_lr > 0, "optim.muon_lr must be positive")
+        _require(0 <= self.optim.muon_momentum < 1, "optim.muon_momentum must be in [0, 1)")
+        _require(self.optim.muon_weight_decay >= 0, "optim.muon_weight_decay must not be negative")
+        _require(0 < self.optim.muon_ns_steps < 100, "optim.muon_ns_steps must be in 1..99")
         _require(t.batch_size > 0, "train.batch_size must be positive")
         _require(t.grad_accum > 0, "train.grad_accum must be positive")
         _require(t.micro_batch_size >= 0, "train.micro_batch_size must not be negative")
@@ -216,8 +328,22 @@ class Config:
             f"optim.schedule={o.schedule!r}; choose constant, cosine or wsd",
         )
         _require(
-            o.schedule_unit in ("steps", "tokens"),
-            f"optim.schedule_unit={o.schedule_unit!r}; choose steps or tokens",
+            o.schedule_unit in SCHEDULE_UNITS,
+            f"optim.schedule_unit={o.schedule_unit!r}; choose one of {', '.join(SCHEDULE_UNITS)}",
+        )
+        _require(
+            o.decay_shape in DECAY_SHAPES,
+            f"optim.decay_shape={o.decay_shape!r}; choose one of {', '.join(DECAY_SHAPES)}",
+        )
+        _require(
+            o.schedule_unit != "time" or t.max_minutes > 0,
+            "optim.schedule_unit=time places the schedule in the time budget; set "
+            "train.max_minutes",
+        )
+        _require(
+            o.schedule_unit != "time" or (o.warmup < 1 and o.schedule_length <= 1),
+            "optim.schedule_unit=time: optim.warmup and optim.schedule_length are fractions "
+            "of train.max_minutes (warmup below 1, length at most 1)",
         )
         _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
         _require(0.0 < o.decay_fraction <= 1.0, "optim.decay_fraction must be in (0, 1]")

@@ -6,9 +6,10 @@
         ─► stop when every row has produced a stop token (or max_new_tokens)
 
 With the cache each step costs one token's forward instead of the whole context's. The
-learned position table ends at block_size, so once a sequence is longer than that each
-step recomputes the last block_size tokens, exactly as generation without a cache does:
-both paths give the same tokens (tested for greedy decoding).
+context window ends at block_size (the learned position table's end; RoPE's trained
+length), so once a sequence is longer than that each step recomputes the last block_size
+tokens, exactly as generation without a cache does: both paths give the same tokens
+(tested for greedy decoding, every component combination, left-padded batches).
 """
 
 from __future__ import annotations

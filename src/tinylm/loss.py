@@ -60,6 +60,8 @@ def chunked_next_token_loss(
     reduction "none" ((B, T-1) nats) is for evaluation and carries no gradient.
     """
     B, T = tokens.shape
+    if _unwrap(model).config.logit_softcap > 0:  # the fused kernel knows no soft-cap: the
+        return next_token_loss(model(tokens), tokens, reduction)  # plain path, full logits
     hidden = model(tokens, return_hidden=True)  # (B, T, C)
     weight = _unwrap(model).lm_head.weight  # (V, C)
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])  # (N, C), N = B*(T-1): position t ...

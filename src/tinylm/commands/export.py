@@ -11,10 +11,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write a model for other tools (transformers, torch.export)",
         description="Export a run's latest checkpoint (or a checkpoint directory). --format hf "
-        "writes a transformers GPT2LMHeadModel directory (config.json, model.safetensors, "
+        "writes a transformers directory of the model's family (GPT2LMHeadModel, "
+        "LlamaForCausalLM, or Qwen3ForCausalLM with QK-norm; config.json, model.safetensors, "
         "tokenizer, generation_config.json, README.md model card) that AutoModelForCausalLM "
         "and AutoTokenizer load without tinylm. --format pt2 writes a torch.export program "
-        "(model.pt2) that runs with torch alone. Each export is checked against tinylm's logits.",
+        "(model.pt2) that runs with torch alone. Each export is checked against tinylm's logits; "
+        "a model no family expresses is refused.",
     )
     p.add_argument("run", type=Path, help="run directory (or checkpoint directory)")
     p.add_argument("out", type=Path, help="output directory")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = export_hf(args.run, args.out, overwrite=args.overwrite)
     print(
-        f"wrote {result.out}/ (GPT2LMHeadModel, {result.num_parameters:,} parameters, "
+        f"wrote {result.out}/ ({result.family.architecture}, {result.num_parameters:,} parameters, "
         f"{result.tokenizer} tokenizer, README.md) | max logit difference vs tinylm "
         f"{result.max_logit_diff:.2e} (fp32)"
     )

@@ -1,4 +1,5 @@
-"""`tinylm import HF_DIR --out CKPT`: a GPT-2-format transformers directory -> checkpoint."""
+"""`tinylm import HF_DIR --out CKPT`: a GPT-2, Llama or Qwen3 transformers directory ->
+checkpoint."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import",
-        help="turn a GPT-2-format transformers checkpoint into a tinylm checkpoint",
-        description="Read a local transformers GPT-2 directory (config.json, model.safetensors "
+        help="turn a GPT-2, Llama or Qwen3 transformers checkpoint into a tinylm checkpoint",
+        description="Read a local transformers GPT-2, Llama or Qwen3 directory (config.json, "
+        "model.safetensors "
         "or pytorch_model.bin, tokenizer files) and write a tinylm checkpoint directory that "
         "`tinylm eval`, `tinylm generate` and `tinylm export` accept. Options tinylm cannot "
         "express are refused.",

@@ -1,12 +1,13 @@
-"""tinylm's GPT and GPT-2 (transformers' GPT2LMHeadModel) are the same network.
+"""The GPT-2 family: tinylm's reference GPT and transformers' GPT2LMHeadModel.
 
 Both are pre-LayerNorm decoders with learned positions, a fused q|k|v projection split
-into heads the same way, scores scaled by 1/sqrt(head_size), a 4x MLP and a bias-free
+into heads the same way, scores scaled by 1/sqrt(head_size), a GELU MLP and a bias-free
 output layer. Only names and one layout differ: GPT-2 keeps its block projections as
 `Conv1D`, whose weight is the transpose of an `nn.Linear` weight (in, out) vs (out, in).
 
 This module maps configs and weights both ways with torch only (no transformers), and
-refuses, in one line, every option that one side cannot express.
+refuses, in one line, every option that one side cannot express. `GPT2` is the family
+adapter (see family.py) the export and import code use.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
-
-LAYER_NORM_EPS = 1e-5
-"""torch.nn.LayerNorm's default, which tinylm uses; GPT-2's default too."""
+from tinylm.interop.family import Family
 
 # tinylm activation -> GPT-2 `activation_function` written on export.
 ACTIVATION_TO_GPT2 = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
@@ -37,15 +36,37 @@ _BLOCK_LINEARS = {
 _GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
-def check_exportable(model: ModelConfig) -> None:
-    """Refuse, in one line, tinylm options that GPT-2 cannot express."""
+def refusal(model: ModelConfig) -> str | None:
+    """Why GPT-2 cannot express a tinylm model config (None: it can, exactly)."""
+    if model.positions != "learned":
+        return f"model.positions={model.positions} has no GPT-2 equivalent (learned positions)"
+    if model.norm != "layernorm":
+        return f"model.norm={model.norm}: GPT-2 has LayerNorm only"
+    if not model.norm_gain:
+        return "model.norm_gain=false: GPT-2's LayerNorm always has a gain and a bias"
     if not model.bias:
-        raise TinyLMError(
+        return (
             "model.bias=false has no GPT-2 equivalent (GPT-2 always has biases); "
             "only models trained with model.bias=true can be exported to Hugging Face format"
         )
     if model.activation not in ACTIVATION_TO_GPT2:
-        raise TinyLMError(f"model.activation={model.activation!r} has no GPT-2 equivalent")
+        return f"model.activation={model.activation!r} has no GPT-2 equivalent"
+    if model.qk_norm:
+        return "model.qk_norm=true has no GPT-2 equivalent"
+    if model.kv_heads != model.n_head:
+        return (
+            f"model.n_kv_head={model.n_kv_head} (grouped-query attention) has no GPT-2 equivalent"
+        )
+    if model.logit_softcap:
+        return f"model.logit_softcap={model.logit_softcap:g} has no GPT-2 equivalent"
+    return None
+
+
+def check_exportable(model: ModelConfig) -> None:
+    """Refuse, in one line, tinylm options that GPT-2 cannot express."""
+    reason = refusal(model)
+    if reason is not None:
+        raise TinyLMError(reason)
 
 
 def gpt2_config(model: ModelConfig, bos_id: int, eos_id: int) -> dict[str, Any]:
@@ -58,12 +79,12 @@ def gpt2_config(model: ModelConfig, bos_id: int, eos_id: int) -> dict[str, Any]:
         "n_embd": model.n_embd,
         "n_layer": model.n_layer,
         "n_head": model.n_head,
-        "n_inner": 4 * model.n_embd,
+        "n_inner": model.hidden_size,
         "activation_function": ACTIVATION_TO_GPT2[model.activation],
         "resid_pdrop": model.dropout,
         "embd_pdrop": model.dropout,
         "attn_pdrop": model.dropout,
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": model.norm_eps,
         "tie_word_embeddings": model.tie_embeddings,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
@@ -108,20 +129,10 @@ def model_config_from_gpt2(hf: dict[str, Any], where: str) -> ModelConfig:
     for key, (supported, what) in refusals.items():
         if c[key] != supported:
             raise TinyLMError(f"{where}: {key}={c[key]} ({what}) is not supported by tinylm")
-    if c["n_inner"] not in (None, 4 * c["n_embd"]):
-        raise TinyLMError(
-            f"{where}: n_inner={c['n_inner']} is not supported; tinylm's MLP is 4 x n_embd "
-            f"({4 * c['n_embd']})"
-        )
     if c["activation_function"] not in ACTIVATION_FROM_GPT2:
         raise TinyLMError(
             f"{where}: activation_function={c['activation_function']!r} is not supported; "
             f"tinylm has {', '.join(ACTIVATION_FROM_GPT2)}"
-        )
-    if abs(c["layer_norm_epsilon"] - LAYER_NORM_EPS) > 1e-12:
-        raise TinyLMError(
-            f"{where}: layer_norm_epsilon={c['layer_norm_epsilon']} is not supported; "
-            f"tinylm's LayerNorm uses {LAYER_NORM_EPS}"
         )
     dropouts = {c["resid_pdrop"], c["embd_pdrop"], c["attn_pdrop"]}
     if len(dropouts) != 1:
@@ -139,6 +150,8 @@ def model_config_from_gpt2(hf: dict[str, Any], where: str) -> ModelConfig:
         bias=True,
         tie_embeddings=bool(c["tie_word_embeddings"]),
         activation=ACTIVATION_FROM_GPT2[c["activation_function"]],
+        mlp_hidden=0 if c["n_inner"] in (None, 4 * c["n_embd"]) else int(c["n_inner"]),
+        norm_eps=float(c["layer_norm_epsilon"]),
     )
 
 
@@ -212,3 +225,43 @@ def from_gpt2_state_dict(
             + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
         )
     return out
+
+
+class GPT2Family(Family):
+    name = "gpt2"
+    model_type = "gpt2"
+    architecture = "GPT2LMHeadModel"
+    config_class = "GPT2Config"
+    description = "the GPT-2 architecture: learned positions, LayerNorm, GELU MLP"
+
+    def refusal(self, model: ModelConfig) -> str | None:
+        return refusal(model)
+
+    def hf_config(self, model: ModelConfig, bos_id: int, eos_id: int) -> dict[str, Any]:
+        return gpt2_config(model, bos_id, eos_id)
+
+    def model_config(self, hf: dict[str, Any], where: str) -> ModelConfig:
+        return model_config_from_gpt2(hf, where)
+
+    def to_hf(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return to_gpt2_state_dict(model)
+
+    def from_hf(
+        self, tensors: dict[str, torch.Tensor], model: torch.nn.Module, where: str
+    ) -> dict[str, torch.Tensor]:
+        return from_gpt2_state_dict(tensors, model, where)
+
+    def card_rows(self, model: ModelConfig) -> list[tuple[str, str]]:
+        m = model
+        return [
+            ("architecture", f"GPT-2: n_layer {m.n_layer}, n_head {m.n_head}, n_embd {m.n_embd}"),
+            ("MLP", f"{m.n_embd} → {m.hidden_size} → {m.n_embd}, "
+             f"{ACTIVATION_NAMES[m.activation]} (`{ACTIVATION_TO_GPT2[m.activation]}`)"),
+            ("positions", f"learned, {m.block_size} positions"),
+            ("normalisation", f"LayerNorm (eps {m.norm_eps:g}) before attention and MLP"),
+        ]  # fmt: skip
+
+
+ACTIVATION_NAMES = {"gelu": "exact (erf) GELU", "gelu_tanh": "tanh-approximated GELU"}
+
+GPT2 = GPT2Family()

@@ -1,7 +1,8 @@
 """`tinylm export --format hf` and `tinylm import`: transformers model directories.
 
-    OUT/config.json               GPT2Config (architectures: GPT2LMHeadModel)
-    OUT/model.safetensors         the weights under GPT-2 names (see gpt2.py)
+    OUT/config.json               the family's config: GPT2Config (GPT2LMHeadModel),
+                                  LlamaConfig (LlamaForCausalLM) or Qwen3Config (Qwen3ForCausalLM)
+    OUT/model.safetensors         the weights under the family's names (gpt2.py, llama.py)
     OUT/tokenizer.json            the tokenizer (see tokenizer.py) ...
     OUT/tokenizer_config.json     ... and its settings, for AutoTokenizer
     OUT/generation_config.json    end-of-text token; tinylm's default sampling settings
@@ -32,13 +33,7 @@ from tinylm.data.dataset import model_tokenizer
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.errors import TinyLMError
 from tinylm.inference import load_for_inference
-from tinylm.interop.gpt2 import (
-    check_exportable,
-    from_gpt2_state_dict,
-    gpt2_config,
-    model_config_from_gpt2,
-    to_gpt2_state_dict,
-)
+from tinylm.interop.family import Family, export_family, import_family
 from tinylm.interop.model_card import write_model_card
 from tinylm.interop.tokenizer import TOKENIZER_JSON, export_tokenizer, tokenizer_of_hf_dir
 from tinylm.model import GPT
@@ -58,6 +53,8 @@ class ExportResult:
     max_logit_diff: float
     """Largest |tinylm logit - transformers logit| on the parity check's random tokens."""
     tokenizer: str
+    family: Family
+    """The family adapter that wrote it (family.architecture: the transformers class)."""
 
 
 def require_transformers(what: str) -> Any:
@@ -71,11 +68,12 @@ def require_transformers(what: str) -> Any:
 
 
 def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> ExportResult:
-    """Write the checkpoint (or a run's latest) as a transformers GPT2LMHeadModel directory."""
+    """Write the checkpoint (or a run's latest) as a transformers model directory of the
+    model's family (GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM)."""
     transformers = require_transformers("exporting to Hugging Face format")
     out = Path(out)
     ckpt = load_for_inference(source, device="cpu").checkpoint
-    check_exportable(ckpt.config.model)
+    family = export_family(ckpt.config.model)  # refuses what no family expresses
     check_output_dir(out, overwrite)
     model = ckpt.model.float().eval()
     dataset = Path(ckpt.config.data.path)
@@ -89,10 +87,10 @@ def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> E
         )
         if dataset.is_dir():  # refuse a dataset re-prepared with another tokenizer since
             model_tokenizer(ckpt.meta["tokenizer"], dataset)  # training
-        config = gpt2_config(ckpt.config.model, bos_id=tok.eos_id, eos_id=tok.eos_id)
-        transformers.GPT2Config(**config).save_pretrained(tmp)
+        config = family.hf_config(ckpt.config.model, bos_id=tok.eos_id, eos_id=tok.eos_id)
+        getattr(transformers, family.config_class)(**config).save_pretrained(tmp)
         safetensors.torch.save_file(
-            to_gpt2_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"}
+            family.to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"}
         )
         transformers.GenerationConfig(
             bos_token_id=tok.eos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id, **SAMPLING
@@ -101,12 +99,12 @@ def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> E
         diff = max_logit_difference(model, hf_model, random_tokens(ckpt.config.model))
         if not diff <= PARITY_TOLERANCE:  # a conversion bug: ours to fix, not the user's
             raise RuntimeError(f"exported logits differ from tinylm's by {diff:.3g}")
-        write_model_card(ckpt, tmp / "README.md", tok.kind, diff)
+        write_model_card(ckpt, tmp / "README.md", tok.kind, diff, family)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out, model.num_parameters(), diff, tok.kind)
+    return ExportResult(out, model.num_parameters(), diff, tok.kind, family)
 
 
 def load_hf_model(path: Path) -> torch.nn.Module:
@@ -141,7 +139,8 @@ def max_logit_difference(model: GPT, hf_model: torch.nn.Module, idx: torch.Tenso
 def import_hf(
     hf_dir: str | Path, out: str | Path, tokenizer: str | None = None, overwrite: bool = False
 ) -> Checkpoint:
-    """Load a local GPT-2-format transformers checkpoint and save it as a tinylm checkpoint."""
+    """Load a local transformers checkpoint of a supported family (GPT-2, Llama, Qwen3)
+    and save it as a tinylm checkpoint."""
     hf_dir, out = Path(hf_dir), Path(out)
     config_file = hf_dir / "config.json"
     if not config_file.is_file():
@@ -151,7 +150,8 @@ def import_hf(
         hf_config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TinyLMError(f"{config_file}: not valid JSON ({err})") from None
-    config = Config(model=model_config_from_gpt2(hf_config, str(config_file)))
+    family = import_family(hf_config, str(config_file))
+    config = Config(model=family.model_config(hf_config, str(config_file)))
     config.validate()
     name = tokenizer or tokenizer_of_hf_dir(hf_dir)
     if name is None:
@@ -167,7 +167,7 @@ def import_hf(
         )
     check_output_dir(out, overwrite)
     model = GPT(config.model)
-    model.load_state_dict(from_gpt2_state_dict(read_weights(hf_dir), model, str(hf_dir)))
+    model.load_state_dict(family.from_hf(read_weights(hf_dir), model, str(hf_dir)))
     meta = {
         "step": 0,
         "tokens_seen": 0,

@@ -15,28 +15,29 @@ from typing import Any
 
 from tinylm import __version__
 from tinylm.atomic import write_atomic
-from tinylm.interop.gpt2 import ACTIVATION_TO_GPT2
+from tinylm.interop.family import Family
 from tinylm.rundir import RECENT_STEPS, RunDir
 from tinylm.training.checkpoint import Checkpoint
 
-ACTIVATION_NAMES = {"gelu": "exact (erf) GELU", "gelu_tanh": "tanh-approximated GELU"}
+
+def write_model_card(
+    ckpt: Checkpoint, path: Path, tokenizer_kind: str, max_diff: float, family: Family
+) -> None:
+    write_atomic(path, model_card(ckpt, tokenizer_kind, max_diff, family))
 
 
-def write_model_card(ckpt: Checkpoint, path: Path, tokenizer_kind: str, max_diff: float) -> None:
-    write_atomic(path, model_card(ckpt, tokenizer_kind, max_diff))
-
-
-def model_card(ckpt: Checkpoint, tokenizer_kind: str, max_diff: float) -> str:
+def model_card(ckpt: Checkpoint, tokenizer_kind: str, max_diff: float, family: Family) -> str:
     run = RunDir.of_checkpoint(ckpt.path)
     name = run.path.name if run else ckpt.path.name
     m, meta = ckpt.config.model, ckpt.meta
     sections = [
         "---\nlibrary_name: transformers\npipeline_tag: text-generation\n"
-        "tags: [tinylm, gpt2, text-generation]\n---\n",
-        f"# {name}\n\nA small GPT-2-architecture language model trained from scratch with "
-        f"tinylm {meta.get('versions', {}).get('tinylm', '')}".rstrip()
-        + ", exported to the transformers format (`GPT2LMHeadModel`).\n",
-        _model_section(ckpt, tokenizer_kind),
+        f"tags: [tinylm, {family.model_type}, text-generation]\n---\n",
+        f"# {name}\n\nA small language model trained from scratch with tinylm "
+        f"{meta.get('versions', {}).get('tinylm', '')}".rstrip()
+        + f", exported to the transformers format (`{family.architecture}`: "
+        f"{family.description}).\n",
+        _model_section(ckpt, tokenizer_kind, family),
         _data_section(Path(ckpt.config.data.path), meta),
         _training_section(ckpt),
         _evaluation_section(run, meta.get("step")),
@@ -50,18 +51,16 @@ def model_card(ckpt: Checkpoint, tokenizer_kind: str, max_diff: float) -> str:
     return "\n".join(sections)
 
 
-def _model_section(ckpt: Checkpoint, tokenizer_kind: str) -> str:
+def _model_section(ckpt: Checkpoint, tokenizer_kind: str, family: Family) -> str:
     m = ckpt.config.model
     params = ckpt.model.num_parameters()
     name = ckpt.meta["tokenizer"]["name"]
     head = "tied to the token embedding" if m.tie_embeddings else "separate (untied)"
     rows = [
-        ("architecture", f"GPT-2: n_layer {m.n_layer}, n_head {m.n_head}, n_embd {m.n_embd}"),
-        ("MLP", f"{m.n_embd} → {4 * m.n_embd} → {m.n_embd}, {ACTIVATION_NAMES[m.activation]} "
-         f"(`{ACTIVATION_TO_GPT2[m.activation]}`)"),
+        *family.card_rows(m),
         ("parameters", f"{params:,}"),
         ("output layer", head),
-        ("context", f"{m.block_size} tokens (learned positions)"),
+        ("context", f"{m.block_size} tokens"),
         ("vocabulary", f"{m.vocab_size:,} ({name} tokenizer"
          + (f", from {tokenizer_kind})" if tokenizer_kind != name else ")")),
         ("dropout (training)", f"{m.dropout}"),
@@ -113,8 +112,7 @@ def _training_section(ckpt: Checkpoint) -> str:
         ("tokens seen", f"{meta.get('tokens_seen', 0):,}"),
         ("batch", f"{t.batch_size} × {ckpt.config.model.block_size} tokens"),
         ("budget", budget or "-"),
-        ("optimizer", f"AdamW, lr {o.lr:g}, weight decay {o.weight_decay:g}, "
-         f"gradient clip {o.grad_clip:g}"),
+        ("optimizer", _optimizer_facts(o)),
         ("seed", str(t.seed)),
     ]  # fmt: skip
     if meta.get("train_seconds") is not None:
@@ -124,6 +122,16 @@ def _training_section(ckpt: Checkpoint) -> str:
     if meta.get("interrupted"):
         rows.append(("note", "training was interrupted before its budget ended"))
     return "## Training\n\n" + _table(rows)
+
+
+def _optimizer_facts(o: Any) -> str:
+    adamw = f"AdamW, lr {o.lr:g}, weight decay {o.weight_decay:g}"
+    if o.optimizer == "muon":
+        adamw = (
+            f"Muon on the blocks' matrices (lr {o.muon_lr:g}, momentum {o.muon_momentum:g}, "
+            f"weight decay {o.muon_weight_decay:g}) and {adamw} on the rest"
+        )
+    return f"{adamw}, {o.schedule} schedule, gradient clip {o.grad_clip:g}"
 
 
 def _evaluation_section(run: RunDir | None, step: int | None) -> str:

@@ -268,7 +268,7 @@ class Trainer:
         budget_tokens = budget_steps * t.batch_size * t.grad_accum * config.model.block_size
         if t.max_tokens:
             budget_tokens = min(budget_tokens, t.max_tokens)
-        self.schedule = build_schedule(config.optim, budget_steps, budget_tokens)
+        self.schedule = build_schedule(config.optim, budget_steps, budget_tokens, t.max_minutes)
         self.store = CheckpointStore(run.checkpoints, t.keep_checkpoints)
 
         # Everything below is saved in a checkpoint and restored by _resume.
@@ -451,7 +451,7 @@ class Trainer:
         self.step += 1
         self.tokens_seen += tokens
         self.session_tokens += tokens
-        lr = self.schedule.lr_for(self.step, self.tokens_seen)
+        lr = self.schedule.lr_for(self.step, self.tokens_seen, self._budget_seconds_used())
         finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
         # fp16 only: gradients that overflow the loss scale are GradScaler's routine signal
         # to lower the scale, not a sign the run is failing; the update is skipped uncounted
@@ -464,8 +464,8 @@ class Trainer:
             and self.scaler.get_scale() >= 1.0
         )
         if finite:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            for group in self.optimizer.param_groups:  # Muon's peak is its own: lr_scale
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             self.scaler.step(self.optimizer)
             self.loss = step_loss
             self.recent_losses.append(step_loss)
@@ -625,6 +625,12 @@ class Trainer:
                     f"{path}: checkpoint was trained with train.{key}={saved} (config: "
                     f"{wanted}); its data position only holds for the same value"
                 )
+        saved = meta["config"]["optim"].get("optimizer", "adamw")
+        if saved != self.config.optim.optimizer:  # its state holds the other's moments
+            raise TinyLMError(
+                f"{path}: checkpoint was trained with optim.optimizer={saved} (config: "
+                f"{self.config.optim.optimizer}); resume with the same optimizer"
+            )
         state = read_state(path)
         if distributed.is_sharded(self.model):
             # Every rank reads the full checkpoint into a CPU copy and keeps its shard.
@@ -692,6 +698,11 @@ class Trainer:
     def _train_seconds(self) -> float:
         session = time.monotonic() - self.start - self.eval_seconds if self.start else 0.0
         return self.train_seconds_before + session
+
+    def _budget_seconds_used(self) -> float:
+        """Time budget used so far, measured as the train.max_minutes stop measures it
+        (a time-unit schedule ends where the run does)."""
+        return self.train_seconds_before + (time.monotonic() - self.start if self.start else 0.0)
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self.start if self.start else 0.0)
