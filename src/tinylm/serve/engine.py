@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tinylm.generate import sample_next
-from tinylm.model import GPT, LayerCache
+from tinylm.generate import draw, next_token_probs, uniform
+from tinylm.model import GPT, LayerCache, softcap
 
 
 @dataclass
@@ -217,7 +217,7 @@ class SlotBatch:
     def __init__(self, model: GPT, max_batch: int) -> None:
         cfg = model.config
         weight = model.lm_head.weight
-        shape = (max_batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        shape = (max_batch, cfg.kv_heads, cfg.block_size, cfg.n_embd // cfg.n_head)
         self.model = model
         self.max_batch = max_batch
         self.device = weight.device
@@ -240,26 +240,30 @@ class SlotBatch:
         cache = _PrefillCache(self, row)
         hidden = self.model(prompt, cache=cache, return_hidden=True)  # (1, T, C)
         if params.prompt_logprobs:
-            logits = hidden[0] @ self.head  # (T, V)
+            logits = self._logits(hidden[0])  # (T, V)
             prompt_lp = _prompt_logprobs(logits, request.prompt, params.logprobs or 0)
         else:
-            logits, prompt_lp = hidden[0, -1:] @ self.head, None  # (1, V)
+            logits, prompt_lp = self._logits(hidden[0, -1:]), None  # (1, V)
         self.rows.append(request)
         self.lengths.append(T)
         self.pending.append(0)
-        self._sample(row, logits[-1:], prompt_lp)
+        self._emit(row, self._choose([row], logits[-1:])[0], logits[-1], prompt_lp)
 
     def step(self) -> None:
         """One decode step: every row's pending token goes through the model together."""
         B = len(self.rows)
         idx = torch.tensor(self.pending, dtype=torch.long, device=self.device)[:, None]  # (B,1)
         cache = _DecodeCache(self, self.lengths)
-        logits = self.model(idx, cache=cache, return_hidden=True)[:, -1, :] @ self.head  # (B, V)
+        logits = self._logits(self.model(idx, cache=cache, return_hidden=True)[:, -1, :])  # (B,V)
         for row in range(B):
             self.lengths[row] += 1
-        for row in range(B):
-            self._sample(row, logits[row : row + 1])
+        for row, token in enumerate(self._choose(list(range(B)), logits)):
+            self._emit(row, token, logits[row])
         self._drop(lambda r: r.finished)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's output layer on final hidden states (N, C) -> (N, V)."""
+        return softcap(hidden @ self.head, self.model.config.logit_softcap)
 
     def drop_cancelled(self) -> int:
         """Free the rows of cancelled requests; how many there were."""
@@ -272,19 +276,42 @@ class SlotBatch:
         self._drop(lambda r: r.finished)
         return count
 
-    def _sample(
+    def _choose(self, rows: list[int], logits: torch.Tensor) -> list[int]:
+        """Next token of each row from its logits (len(rows), V). Rows that sample alike
+        share one batched computation; each draws with its own generator."""
+        groups: dict[tuple[float, int, float], list[int]] = {}
+        for i, row in enumerate(rows):
+            p = self.rows[row].params
+            key = (0.0, 0, 1.0) if p.temperature <= 0 else (p.temperature, p.top_k, p.top_p)
+            groups.setdefault(key, []).append(i)
+        tokens = [0] * len(rows)
+        for (temperature, top_k, top_p), members in groups.items():
+            sub = logits if len(members) == len(rows) else logits[members]  # (G, V)
+            if temperature <= 0:
+                chosen = sub.argmax(dim=-1)  # (G,)
+            else:
+                probs = next_token_probs(sub, temperature, top_k, top_p)  # (G, V)
+                u = torch.cat(
+                    [uniform(1, self.rows[rows[i]].generator, self.device) for i in members]
+                )  # (G, 1): each row's own random stream
+                chosen = draw(probs, u)[:, 0]
+            for i, token in zip(members, chosen.tolist(), strict=True):
+                tokens[i] = token
+        return tokens
+
+    def _emit(
         self,
         row: int,
+        token: int,
         logits: torch.Tensor,
         prompt_lp: list[tuple[float, list[tuple[int, float]]]] | None = None,
     ) -> None:
-        """Draw row's next token from logits (1, V); emit it, or the request's end."""
+        """Send row's new token (logits (V,) give its logprobs), or the request's end."""
         request = self.rows[row]
         p = request.params
-        token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, request.generator))
         logprob, top = None, None
         if p.logprobs is not None:
-            lp = logits[0].float().log_softmax(dim=-1)  # (V,)
+            lp = logits.float().log_softmax(dim=-1)  # (V,)
             logprob = float(lp[token])
             top = _top(lp, p.logprobs)
         request.generated += 1
@@ -399,16 +426,16 @@ class _DecodeCache:
 @dataclass
 class _DecodeLayer:
     cache: _DecodeCache
-    k: torch.Tensor  # (max_batch, nh, block_size, hs)
+    k: torch.Tensor  # (max_batch, n_kv_head, block_size, hs)
     v: torch.Tensor
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, 1, hs) at each row's own position; return (B, nh, S, hs)."""
+        """Store k, v (B, nkv, 1, hs) at each row's own position; return (B, nkv, S, hs)."""
         c = self.cache
         if c.uniform:
             self.k[: c.B, :, c.start : c.start + 1] = k
             self.v[: c.B, :, c.start : c.start + 1] = v
         else:
-            self.k[c.rows, :, c.pos] = k[:, :, 0]  # (B, nh, hs) scattered
+            self.k[c.rows, :, c.pos] = k[:, :, 0]  # (B, nkv, hs) scattered
             self.v[c.rows, :, c.pos] = v[:, :, 0]
         return self.k[: c.B, :, : c.keys], self.v[: c.B, :, : c.keys]
