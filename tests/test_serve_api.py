@@ -258,9 +258,9 @@ def test_full_queue_answers_429_and_the_rest_succeed(long_run):
 
         async def burst():
             async with httpx.AsyncClient(base_url=url, timeout=120) as http:
-                body = {"model": "long", "prompt": "x", "max_tokens": 200, "seed": 0}
+                body = {"model": "long", "prompt": "x", "max_tokens": 250, "seed": 0}
                 return await asyncio.gather(
-                    *[http.post("/v1/completions", json=body) for _ in range(8)]
+                    *[http.post("/v1/completions", json=body) for _ in range(16)]
                 )
 
         statuses = sorted(r.status_code for r in asyncio.run(burst()))

@@ -469,22 +469,31 @@ class Job:
         self.engine.wake()
 
     async def events(self, queue: asyncio.Queue) -> AsyncIterator[tuple[Choice, str, list]]:
-        """(choice, new text, logprob entries) as tokens arrive, until every choice ends."""
+        """(choice, new text, logprob entries) as tokens arrive, until every choice ends.
+        Events that queued up meanwhile are merged per choice (fewer, larger chunks
+        when the server is busy)."""
         open_ = len(self.choices)
         while open_:
-            i, event = await queue.get()
-            choice = self.choices[i]
-            if choice.finish is not None:
-                continue  # a stop string already ended it; the engine's tail is ignored
-            if event.finish is not None and event.finish.startswith("error"):
-                raise APIError(500, f"generation failed: {event.finish}", type="server_error")
-            new, entries = choice.add(event)
-            if choice.finish is not None:
-                open_ -= 1
-                if choice.request is not None and event.finish is None:
-                    choice.request.cancel()  # a stop string: free the slot now
-                    self.engine.wake()
-            yield choice, new, entries
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            merged: dict[int, tuple[str, list]] = {}
+            for i, event in batch:
+                choice = self.choices[i]
+                if choice.finish is not None:
+                    continue  # a stop string already ended it; the engine's tail is ignored
+                if event.finish is not None and event.finish.startswith("error"):
+                    raise APIError(500, f"generation failed: {event.finish}", type="server_error")
+                new, entries = choice.add(event)
+                text, old = merged.get(i, ("", []))
+                merged[i] = (text + new, old + entries)
+                if choice.finish is not None:
+                    open_ -= 1
+                    if choice.request is not None and event.finish is None:
+                        choice.request.cancel()  # a stop string: free the slot now
+                        self.engine.wake()
+            for i, (new, entries) in merged.items():
+                yield self.choices[i], new, entries
 
     async def collect(self, queue: asyncio.Queue) -> dict:
         async for _ in self.events(queue):
