@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -175,11 +176,13 @@ async def clients(url: str, concurrency: int, requests_each: int, new_tokens: in
     }
 
 
-def serve_clients(run: Path, rounds: int, new_tokens: int, requests_each: int) -> dict:
+def serve_clients(
+    run: Path, rounds: int, new_tokens: int, requests_each: int, precision: str
+) -> dict:
     from tinylm.serve.app import ServeConfig
     from tinylm.serve.server import ServerThread, load_models
 
-    models = load_models([f"seed-d128={run}"], "cpu", "fp32")
+    models = load_models([f"seed-d128={run}"], "cpu", precision)
     out: dict[int, dict] = {}
     with ServerThread(models, ServeConfig(max_batch=16)) as url:
         asyncio.run(clients(url, 1, 1, 8))  # warm-up
@@ -205,7 +208,7 @@ def serve_clients(run: Path, rounds: int, new_tokens: int, requests_each: int) -
         )
     ratio = out[8]["aggregate_tokens_per_s"] / out[1]["aggregate_tokens_per_s"]
     print(f"8 clients / 1 client aggregate tokens/s = {ratio:.2f}x")
-    return {"by_clients": out, "8_vs_1": ratio}
+    return {"precision": precision, "by_clients": out, "8_vs_1": ratio}
 
 
 def pct(sorted_values: list[float], q: float) -> float:
@@ -220,12 +223,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument(
+        "--precision", default="fp32", help="the served weights' (clients section): fp32 or bf16"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "serve_results.json")
     args = parser.parse_args()
     import platform
 
     result = {
-        "command": "PYTHONPATH=src flock /tmp/tinylm-heavy.lock python bench/serve_bench.py",
+        "command": "PYTHONPATH=src flock /tmp/tinylm-heavy.lock python bench/serve_bench.py "
+        + " ".join(sys.argv[1:]),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -242,7 +249,11 @@ def main() -> None:
             result["decode"] = decode(run, args.rounds, args.new_tokens)
         if "clients" in sections:
             result["clients"] = serve_clients(
-                run, max(1, args.rounds // 2), args.new_tokens, args.requests_per_client
+                run,
+                max(1, args.rounds // 2),
+                args.new_tokens,
+                args.requests_per_client,
+                args.precision,
             )
     result["load_avg_end"] = os.getloadavg()
     args.out.write_text(json.dumps(result, indent=2) + "\n")

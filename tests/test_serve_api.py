@@ -10,9 +10,7 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 import pytest
-from conftest import TINY_OVERRIDES
 
-from tinylm.cli import main
 from tinylm.serve.app import Choice, ServeConfig
 from tinylm.serve.engine import TokenEvent
 from tinylm.serve.server import ServerThread, load_models
@@ -29,16 +27,6 @@ def url(tiny_run):
 @pytest.fixture(scope="module")
 def client(url):
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def long_run(tmp_path_factory, wiki_data):
-    """A run with a 256-token context: requests that take long enough to cancel or queue."""
-    out = tmp_path_factory.mktemp("runs") / "long"
-    overrides = [o for o in TINY_OVERRIDES if not o.startswith(("model.block_size", "train.max"))]
-    assert main(["train", f"data.path={wiki_data}", *overrides, "model.block_size=256",
-                 "train.max_steps=1", "train.batch_size=2", "--out", str(out)]) == 0  # fmt: skip
-    return out
 
 
 def complete(client, **kw):

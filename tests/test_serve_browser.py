@@ -9,9 +9,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-from conftest import TINY_OVERRIDES
 
-from tinylm.cli import main
 from tinylm.serve.app import ServeConfig
 from tinylm.serve.server import ServerThread, load_models
 
@@ -22,13 +20,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory, wiki_data, tiny_run):
-    """The tiny run and one with a 256-token context (long enough to abort mid-stream)."""
-    long = tmp_path_factory.mktemp("runs") / "long"
-    overrides = [o for o in TINY_OVERRIDES if not o.startswith(("model.block_size", "train.max"))]
-    assert main(["train", f"data.path={wiki_data}", *overrides, "model.block_size=256",
-                 "train.max_steps=1", "train.batch_size=2", "--out", str(long)]) == 0  # fmt: skip
-    models = load_models([f"tiny={tiny_run}", f"long={long}"], "cpu", "fp32")
+def url(tiny_run, long_run):
+    """The tiny run, and one with a 256-token context (long enough to abort mid-stream)."""
+    models = load_models([f"tiny={tiny_run}", f"long={long_run}"], "cpu", "fp32")
     with ServerThread(models, ServeConfig()) as url:
         yield url
 
@@ -47,11 +41,7 @@ def page(url):
 
 
 def test_prompt_streams_coloured_tokens_and_a_finish_reason(page, tmp_path):
-    page.select_option("#model", "tiny")
-    page.fill("#prompt", "The history of")
-    page.fill("#seed", "1")
-    page.fill("#max_tokens", "20")
-    page.click("#generate")
+    generate(page, "tiny", "The history of", seed="1", max_tokens="20")
     page.wait_for_function("document.querySelector('#finish').textContent !== '–'")
     assert page.text_content("#finish") in ("length", "stop")
     output = page.text_content("#output")
@@ -70,11 +60,7 @@ def test_prompt_streams_coloured_tokens_and_a_finish_reason(page, tmp_path):
 
 
 def test_abort_stops_the_stream_and_frees_the_slot(page, url):
-    page.select_option("#model", "long")
-    page.fill("#prompt", "Once")
-    page.fill("#seed", "")
-    page.fill("#max_tokens", "255")
-    page.click("#generate")
+    generate(page, "long", "Once", seed="", max_tokens="255")
     page.wait_for_function("document.querySelectorAll('#output .tok').length >= 3")
     page.click("#abort")
     page.wait_for_function("document.querySelector('#finish').textContent === 'aborted'")
@@ -86,6 +72,15 @@ def test_abort_stops_the_stream_and_frees_the_slot(page, url):
             break
         time.sleep(0.02)
     assert health["active"] == 0 and health["cancelled"] >= 1
+
+
+def generate(page, model: str, prompt: str, seed: str, max_tokens: str) -> None:
+    """Fill the form as a user would and press Generate."""
+    page.select_option("#model", model)
+    page.fill("#prompt", prompt)
+    page.fill("#seed", seed)
+    page.fill("#max_tokens", max_tokens)
+    page.click("#generate")
 
 
 def assert_not_blank(png: Path) -> None:

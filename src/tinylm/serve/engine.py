@@ -18,11 +18,12 @@ other's keys.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -285,19 +286,32 @@ class SlotBatch:
             key = (0.0, 0, 1.0) if p.temperature <= 0 else (p.temperature, p.top_k, p.top_p)
             groups.setdefault(key, []).append(i)
         tokens = [0] * len(rows)
-        for (temperature, top_k, top_p), members in groups.items():
-            sub = logits if len(members) == len(rows) else logits[members]  # (G, V)
-            if temperature <= 0:
-                chosen = sub.argmax(dim=-1)  # (G,)
-            else:
-                probs = next_token_probs(sub, temperature, top_k, top_p)  # (G, V)
-                u = torch.cat(
-                    [uniform(1, self.rows[rows[i]].generator, self.device) for i in members]
-                )  # (G, 1): each row's own random stream
-                chosen = draw(probs, u)[:, 0]
-            for i, token in zip(members, chosen.tolist(), strict=True):
-                tokens[i] = token
+        with _one_thread():
+            for key, members in groups.items():
+                self._choose_group(rows, logits, key, members, tokens)
         return tokens
+
+    def _choose_group(
+        self,
+        rows: list[int],
+        logits: torch.Tensor,
+        key: tuple[float, int, float],
+        members: list[int],
+        tokens: list[int],
+    ) -> None:
+        """Sample the rows `members` (indices into rows) that share these settings."""
+        temperature, top_k, top_p = key
+        sub = logits if len(members) == len(rows) else logits[members]  # (G, V)
+        if temperature <= 0:
+            chosen = sub.argmax(dim=-1)  # (G,)
+        else:
+            probs = next_token_probs(sub, temperature, top_k, top_p)  # (G, V)
+            u = torch.cat(
+                [uniform(1, self.rows[rows[i]].generator, self.device) for i in members]
+            )  # (G, 1): each row's own random stream
+            chosen = draw(probs, u)[:, 0]
+        for i, token in zip(members, chosen.tolist(), strict=True):
+            tokens[i] = token
 
     def _emit(
         self,
@@ -345,6 +359,18 @@ class SlotBatch:
             self.rows.pop()
             self.lengths.pop()
             self.pending.pop()
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the sampling ops on one thread: over (B, 50k) rows their parallel regions cost
+    more than they save on 2 cores (a batch of 8 samples ~1.5x faster; bench/serve_bench.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _top(lp: torch.Tensor, n: int) -> list[tuple[int, float]]:
