@@ -322,6 +322,7 @@ def test_export_refuses_what_gpt2_cannot_express(tmp_path, capsys):
     random_checkpoint(tmp_path / "nobias", ModelConfig(**{**tiny.__dict__, "bias": False}))
     code, _, err = run_cli(capsys, "export", tmp_path / "nobias", tmp_path / "out")
     assert_one_line_error(code, err, "model.bias=false has no GPT-2 equivalent")
+    assert "bias-free models export with model.positions=rope as Llama" in err  # the way out
     assert not (tmp_path / "out").exists()
 
     random_checkpoint(tmp_path / "bytes", tiny)

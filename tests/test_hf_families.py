@@ -86,7 +86,7 @@ def test_rope_layout_is_checked_by_the_parity():
     half = apply_rotary(x, cos, sin)
     interleaved = torch.view_as_real(
         torch.view_as_complex(x.reshape(1, 2, 5, 4, 2))
-        * torch.polar(torch.ones(5, 4), torch.arange(5)[:, None] * rotary.inv_freq)
+        * torch.polar(torch.ones(5, 4), torch.arange(5)[:, None] * rotary.inv_freq())
     ).flatten(-2)
     assert (half - interleaved).abs().max() > 0.1
 
@@ -177,8 +177,10 @@ def test_export_refuses_what_no_family_expresses(change, fragment, tmp_path, cap
          "rope_type='linear' (scaled RoPE)"),
         ({"head_dim": 16}, "head_dim=16"),
         ({"attention_bias": True}, "attention_bias != mlp_bias"),
-        ({"model_type": "qwen3", "attention_bias": True}, "Qwen3's bias-free MLP"),
-        ({"model_type": "qwen3", "use_sliding_window": True}, "use_sliding_window=true"),
+        ({"model_type": "qwen3", "head_dim": 8, "attention_bias": True}, "Qwen3's bias-free MLP"),
+        ({"model_type": "qwen3", "head_dim": 8, "use_sliding_window": True},
+         "use_sliding_window=true"),
+        ({"model_type": "qwen3"}, "head_dim=128"),  # Qwen3Config's default, not 32 / 4
     ],
 )  # fmt: skip
 def test_import_refuses_llama_options_tinylm_lacks(change, fragment, tmp_path, capsys):
@@ -190,6 +192,23 @@ def test_import_refuses_llama_options_tinylm_lacks(change, fragment, tmp_path, c
     code, _, err = run_cli(capsys, "import", hf_dir, "--out", tmp_path / "ckpt")
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_absent_config_keys_mean_what_transformers_reads_them_as():
+    """A config.json key left out takes the default of the family's own config class
+    (Qwen3Config's differ from LlamaConfig's), as AutoModelForCausalLM would read it."""
+    from tinylm.interop.llama import LLAMA, QWEN3
+
+    sparse = {"hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 2}
+    for family in (LLAMA, QWEN3):
+        ours = family.model_config({**sparse, "model_type": family.model_type}, "config.json")
+        theirs = getattr(transformers, family.config_class)(**sparse)
+        assert ours.kv_heads == theirs.num_key_value_heads
+        assert ours.n_embd // ours.n_head == theirs.head_dim
+        assert ours.hidden_size == theirs.intermediate_size
+        assert ours.block_size == theirs.max_position_embeddings
+        assert ours.vocab_size == theirs.vocab_size
+        assert ours.norm_eps == theirs.rms_norm_eps
 
 
 @pytest.mark.slow

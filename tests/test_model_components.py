@@ -80,6 +80,28 @@ def test_rope_logits_depend_on_relative_positions_only():
     assert (a - b).abs().max() < 1e-5 < 1e-3 * (a - c).abs().max()
 
 
+def test_rope_angles_stay_fp32_in_a_bf16_model():
+    """bf16 inference (model.to(bfloat16)) rotates by the very angles training used: the
+    frequencies are not a buffer that the cast would round (0.09 off in cos at 500)."""
+    model = make(dict(MODERN, n_embd=64, n_head=2, block_size=512))
+    pos = torch.arange(512)
+    cos, sin = model.rotary(pos)
+    model.to(torch.bfloat16)
+    assert all(torch.equal(a, b) for a, b in zip(model.rotary(pos), (cos, sin), strict=True))
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_qk_norm_runs_in_a_bf16_model(norm):
+    """A model cast to bf16 for inference (its norm gains bf16 too) still runs its fp32
+    QK-norm and follows the fp32 model's logits."""
+    model = make(dict(qk_norm=True, norm=norm, positions="rope"))
+    idx = torch.randint(0, 64, (2, 12))
+    ref = model(idx)
+    out = model.to(torch.bfloat16)(idx)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
 def test_softcap_bounds_logits_and_the_loss_uses_them():
     model = make({"logit_softcap": 2.0})
     with torch.no_grad():
@@ -133,6 +155,18 @@ def test_kv_cache_greedy_equals_no_cache_with_left_padding(positions, qk_norm, n
     alone = [generate_batch(model, [p], 28, **opts)[0] for p in prompts]
     assert cached == uncached == alone
     assert len(set(map(tuple, cached))) > 1  # the rows differ: a real test of padding
+
+
+@pytest.mark.parametrize("name", COMBOS)
+def test_kv_cache_greedy_equals_no_cache_for_the_covering_set(name):
+    """The same with every value of every component (soft-cap, squared ReLU, gainless
+    norms, tied output, biases, zero-init, MLP width, RoPE base, eps) in the cache path."""
+    model = make(COMBOS[name])
+    prompts = [[5, 9, 3], [7, 1, 2, 8, 8, 4, 11], [60]]
+    cached = generate_batch(model, prompts, 28, use_cache=True, temperature=0.0)
+    uncached = generate_batch(model, prompts, 28, use_cache=False, temperature=0.0)
+    alone = [generate_batch(model, [p], 28, temperature=0.0)[0] for p in prompts]
+    assert cached == uncached == alone
 
 
 def test_config_refuses_bad_component_values():

@@ -2,6 +2,7 @@
 minutes budget, and a run stopped (SIGTERM) and resumed continues the schedule where it
 stopped instead of starting it again."""
 
+import itertools
 import json
 import signal
 import subprocess
@@ -74,3 +75,24 @@ def lr_records(run):
         if record["kind"] == "train":
             out.append(record)
     return out
+
+
+def test_time_schedule_resumes_where_it_stopped_with_validation_time(wiki_data, tmp_path):
+    """Validation takes time inside the budget (the max_minutes stop counts it): a resumed
+    run continues the clock schedule from the time its checkpoint used, validation
+    included, so the LR keeps falling across the resume instead of jumping back up."""
+    from tinylm.training.trainer import train
+
+    args = [f"data.path={wiki_data}", *TINY_OVERRIDES, "train.max_minutes=1",
+            "train.batch_size=4", "train.eval_interval=1", "train.eval_batches=24",
+            "train.tensorboard=false", "train.num_threads=1", "optim.schedule=wsd",
+            "optim.schedule_unit=time", "optim.decay_fraction=1.0",
+            "optim.min_lr_ratio=0.0"]  # fmt: skip
+    run = tmp_path / "run"
+    train(load_config(None, [*args, "train.max_steps=4"]), run)
+    before = [r["lr"] for r in lr_records(run)]
+    train(load_config(None, [*args, "train.max_steps=8"]), run, resume=True)
+    after = [r["lr"] for r in lr_records(run)][len(before) :]
+    print(f"last LR before the resume {before[-1]:.6e}, first after {after[0]:.6e}")
+    assert len(before) == len(after) == 4
+    assert all(a > b for a, b in itertools.pairwise(before + after))  # falling throughout

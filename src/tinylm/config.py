@@ -169,7 +169,7 @@ class OptimConfig:
     (warmup, stable, then a cooldown over the last decay_fraction, shaped by decay_shape)."""
     schedule_unit: str = "steps"
     """The unit of warmup and schedule_length: 'steps', 'tokens', or 'time': fractions of
-    the wall-clock budget train.max_minutes (training time, summed over resumes; e.g.
+    the wall-clock budget train.max_minutes (wall time, summed over resumes; e.g.
     warmup=0.05 is the first 5% of the minutes), so a timed run decays when its time ends."""
     warmup: float = 0.0
     """Linear warmup from 0 to lr over this many steps (tokens, or fraction of the time
@@ -208,7 +208,8 @@ class TrainConfig:
     max_tokens: int = 0
     """Stop once this many training tokens have been seen; 0 means no token limit."""
     max_minutes: float = 0.0
-    """Stop after this much wall-clock training time (summed over resumes); 0 = no limit."""
+    """Stop after this much wall-clock time (training and validation, summed over resumes);
+    0 = no limit."""
     eval_interval: int = 200
     """Measure validation loss every this many steps (and at the end); 0 disables."""
     eval_interval_tokens: int = 0

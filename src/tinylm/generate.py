@@ -9,7 +9,7 @@ With the cache each step costs one token's forward instead of the whole context'
 context window ends at block_size (the learned position table's end; RoPE's trained
 length), so once a sequence is longer than that each step recomputes the last block_size
 tokens, exactly as generation without a cache does: both paths give the same tokens
-(tested for greedy decoding, every component combination, left-padded batches).
+(tested for greedy decoding over every value of every component, left-padded batches).
 """
 
 from __future__ import annotations

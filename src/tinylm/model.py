@@ -128,6 +128,18 @@ def make_norm(config: ModelConfig, dim: int) -> nn.Module:
     )
 
 
+def norm_in_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(x) computed in fp32 and returned in x's dtype, whatever the dtypes of x (bf16
+    under autocast) and of the norm's parameters (bf16 in a model cast for inference)."""
+    weight = norm.weight.float() if norm.weight is not None else None
+    if isinstance(norm, nn.RMSNorm):
+        y = F.rms_norm(x.float(), norm.normalized_shape, weight, norm.eps)
+    else:
+        bias = norm.bias.float() if norm.bias is not None else None
+        y = F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps)
+    return y.to(x.dtype)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -187,7 +199,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if self.q_norm is not None:  # in fp32 (under autocast q, k arrive in bf16)
-            q, k = self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype)
+            q, k = norm_in_fp32(self.q_norm, q), norm_in_fp32(self.k_norm, k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if kv is not None:
@@ -209,20 +221,23 @@ class Rotary(nn.Module):
     """Rotary position embeddings: the (cos, sin) that rotate q and k by their positions.
 
     Layout as in transformers' Llama ("rotate half"): channel i of a head pairs with
-    channel i + hs/2 and turns at frequency base^(-2i/hs). Angles are computed in fp32.
+    channel i + hs/2 and turns at frequency base^(-2i/hs). Frequencies and angles are
+    computed in fp32 at every call, never stored: a buffer would be rounded by
+    model.to(torch.bfloat16) (bf16 inference), turning positions by wrong angles.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        hs = config.n_embd // config.n_head
-        inv_freq = 1.0 / (
-            config.rope_base ** (torch.arange(0, hs, 2, dtype=torch.int64).float() / hs)
-        )
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
+        self.head_size, self.base = config.n_embd // config.n_head, config.rope_base
+
+    def inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        """The rotation frequencies base^(-2i/hs), (hs/2,) fp32."""
+        hs = self.head_size
+        return 1.0 / (self.base ** (torch.arange(0, hs, 2, device=device).float() / hs))
 
     def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pos (T,) or (B, T) -> cos, sin of shape (1, 1, T, hs) or (B, 1, T, hs)."""
-        angles = pos.float()[..., None] * self.inv_freq  # (..., T, hs/2)
+        angles = pos.float()[..., None] * self.inv_freq(pos.device)  # (..., T, hs/2)
         angles = torch.cat([angles, angles], dim=-1)  # (..., T, hs)
         if angles.dim() == 2:
             angles = angles[None]

@@ -46,8 +46,9 @@ def refusal(model: ModelConfig) -> str | None:
         return "model.norm_gain=false: GPT-2's LayerNorm always has a gain and a bias"
     if not model.bias:
         return (
-            "model.bias=false has no GPT-2 equivalent (GPT-2 always has biases); "
-            "only models trained with model.bias=true can be exported to Hugging Face format"
+            "model.bias=false has no GPT-2 equivalent (GPT-2 always has biases); with learned "
+            "positions only model.bias=true exports (bias-free models export with "
+            "model.positions=rope as Llama)"
         )
     if model.activation not in ACTIVATION_TO_GPT2:
         return f"model.activation={model.activation!r} has no GPT-2 equivalent"

@@ -73,6 +73,15 @@ LLAMA_DEFAULTS: dict[str, Any] = {
     "pretraining_tp": 1,
     "use_sliding_window": False,
 }
+# Qwen3Config's defaults where they differ: a config.json without head_dim means 128.
+QWEN3_DEFAULTS: dict[str, Any] = {
+    **LLAMA_DEFAULTS,
+    "vocab_size": 151936,
+    "intermediate_size": 22016,
+    "num_key_value_heads": 32,
+    "head_dim": 128,
+    "max_position_embeddings": 32768,
+}
 
 
 class LlamaFamily(Family):
@@ -82,6 +91,7 @@ class LlamaFamily(Family):
     config_class = "LlamaConfig"
     description = "the Llama architecture: RoPE, RMSNorm, SwiGLU MLP"
     qk_norm = False
+    defaults = LLAMA_DEFAULTS
 
     def refusal(self, model: ModelConfig) -> str | None:
         what = self.architecture
@@ -126,7 +136,7 @@ class LlamaFamily(Family):
         }
 
     def model_config(self, hf: dict[str, Any], where: str) -> ModelConfig:
-        c = {**LLAMA_DEFAULTS, **{k: v for k, v in hf.items() if k in LLAMA_DEFAULTS}}
+        c = {**self.defaults, **{k: v for k, v in hf.items() if k in self.defaults}}
         heads, width = c["num_attention_heads"], c["hidden_size"]
         rope = c["rope_parameters"] or {"rope_type": "default", "rope_theta": c["rope_theta"]}
         checks = [
@@ -274,6 +284,7 @@ class Qwen3Family(LlamaFamily):
     config_class = "Qwen3Config"
     description = "the Qwen3 architecture: RoPE, RMSNorm, SwiGLU MLP, QK-norm"
     qk_norm = True
+    defaults = QWEN3_DEFAULTS
 
     def refusal(self, model: ModelConfig) -> str | None:
         reason = super().refusal(model)

@@ -338,7 +338,7 @@ class Trainer:
         )
         stop_reason = "budget"
         self.start = time.monotonic()
-        budget_s = t.max_minutes * 60 - self.train_seconds_before if t.max_minutes else math.inf
+        budget_s = t.max_minutes * 60 - self.elapsed_before if t.max_minutes else math.inf
         deadline = self.start + budget_s
         bar_total = planned_steps if planned_steps < sys.maxsize else None
         self.model.train()
@@ -451,7 +451,7 @@ class Trainer:
         self.step += 1
         self.tokens_seen += tokens
         self.session_tokens += tokens
-        lr = self.schedule.lr_for(self.step, self.tokens_seen, self._budget_seconds_used())
+        lr = self.schedule.lr_for(self.step, self.tokens_seen, self._schedule_seconds())
         finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
         # fp16 only: gradients that overflow the loss scale are GradScaler's routine signal
         # to lower the scale, not a sign the run is failing; the update is skipped uncounted
@@ -699,10 +699,16 @@ class Trainer:
         session = time.monotonic() - self.start - self.eval_seconds if self.start else 0.0
         return self.train_seconds_before + session
 
-    def _budget_seconds_used(self) -> float:
-        """Time budget used so far, measured as the train.max_minutes stop measures it
-        (a time-unit schedule ends where the run does)."""
-        return self.train_seconds_before + (time.monotonic() - self.start if self.start else 0.0)
+    def _schedule_seconds(self) -> float:
+        """For a time-unit schedule: the time budget used, as the max_minutes stop measures
+        it (wall time of every session, validation included), so the schedule ends where the
+        run does and a resumed run continues it where it stopped. Ranks agree on one value
+        (their clocks differ; different LRs would let DDP's replicas drift apart)."""
+        if self.schedule.unit != "time":
+            return 0.0
+        if self.world_size == 1:
+            return self._elapsed()
+        return distributed.all_reduce([self._elapsed()], op="max", device=self.device)[0]
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self.start if self.start else 0.0)
