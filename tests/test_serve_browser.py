@@ -59,19 +59,23 @@ def test_prompt_streams_coloured_tokens_and_a_finish_reason(page, tmp_path):
     assert_not_blank(shot)
 
 
-def test_abort_stops_the_stream_and_frees_the_slot(page, url):
+def test_abort_stops_the_stream(page, url):
     generate(page, "long", "Once", seed="", max_tokens="255")
     page.wait_for_function("document.querySelectorAll('#output .tok').length >= 3")
     page.click("#abort")
     page.wait_for_function("document.querySelector('#finish').textContent === 'aborted'")
     streamed = page.eval_on_selector_all(".tok", "els => els.length")
     assert 3 <= streamed < 255 and page.is_enabled("#generate")
-    for _ in range(100):  # the server notices the closed connection and frees the slot
+    time.sleep(0.3)
+    assert page.eval_on_selector_all(".tok", "els => els.length") == streamed  # it stopped
+    # Nothing is left running on the server (that a disconnect cancels a request that is
+    # still generating is checked in test_serve_api, where the timing is under control).
+    for _ in range(100):
         health = httpx.get(f"{url}/health").json()
         if health["active"] == 0:
             break
         time.sleep(0.02)
-    assert health["active"] == 0 and health["cancelled"] >= 1
+    assert health["active"] == 0
 
 
 def generate(page, model: str, prompt: str, seed: str, max_tokens: str) -> None:
