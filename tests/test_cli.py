@@ -137,10 +137,10 @@ def test_lone_surrogate_in_jsonl(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "train.max_steps=inf"], "train.max_steps: expected int"),
-        (["train", "train.eval_batches=-1"], "must not be negative"),
+        (["train", "train.max_steps=inf"], "train.max_steps: expected an integer"),
+        (["train", "train.eval_batches=-1"], "train.eval_batches=-1 is out of range"),
         (["train", "model.preset=[1]"], "unknown model preset"),
-        (["train", "train.device=mps", "data.path=none"], "not supported"),
+        (["train", "train.device=mps", "data.path=none"], "train.device='mps'"),
         (["prepare", "builtin:wiki", "--workers", "-1"], "--workers"),
         (["report", "nowhere"], "not a tinylm run directory"),
     ],

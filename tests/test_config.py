@@ -75,7 +75,7 @@ def test_preset_then_keys_override_it():
         ("optim.lrr=1e-3", "did you mean optim.lr?"),
         ("train.lr=5e-4", "unknown config key train.lr; did you mean optim.lr?"),
         ("trian.batch_size=4", "did you mean train?"),
-        ("train.batch_size=many", "train.batch_size: expected int"),
+        ("train.batch_size=many", "train.batch_size: expected an integer"),
         ("model=seed-d512", "unknown model preset"),
         ("model.n_head=3", "not divisible"),
         ("lr", "section.key=value"),

@@ -25,9 +25,11 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from tinylm import __version__
 from tinylm.commands import COMMANDS
+from tinylm.commands.options import number
 from tinylm.errors import TinyLMError, is_out_of_memory
 
 EXIT_USER_ERROR = 2
@@ -36,13 +38,16 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # `section.key=value` settings may also follow options (`--scale cpu train.seed=1`).
-    late = getattr(args, "settings_attr", None)
-    if extra and late and all("=" in e and not e.startswith("-") for e in extra):
-        setattr(args, late, getattr(args, late) + extra)
-    elif extra:
-        parser.parse_args(argv)  # argparse's own message and exit 2
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # `section.key=value` settings may also follow options (`--scale cpu train.seed=1`).
+        late = getattr(args, "settings_attr", None)
+        if extra and late and all("=" in e and not e.startswith("-") for e in extra):
+            setattr(args, late, getattr(args, late) + extra)
+        elif extra:
+            parser.parse_args(argv)  # the parser's one-line message (Parser.error)
+    except SystemExit as exit:  # a bad argument (status 2), --help or --version (0)
+        return exit.code if isinstance(exit.code, int) else EXIT_USER_ERROR
     try:
         return args.func(args) or 0
     except TinyLMError as err:
@@ -62,13 +67,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(command: str, message: str) -> int:
+    """The one place an error a user caused becomes output: one line, exit status 2."""
+    message = " ".join(message.split())  # one line, whatever the error text held
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets it; one says it
         print(f"tinylm {command}: error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the one line every tinylm error is (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(self.prog.removeprefix("tinylm "), f"{message} (see `{self.prog} --help`)")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tinylm",
         description="Train small GPT-style language models from scratch: "
         "prepare data, train, evaluate, generate, report.",
@@ -78,7 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS.values():
         importlib.import_module(f"tinylm.commands.{module}").register(sub)
+    checked_numbers(parser)
     return parser
+
+
+def checked_numbers(parser: argparse.ArgumentParser) -> None:
+    """Every `type=int` / `type=float` flag of every command, present and future, reads
+    its value through options.number: finite, non-negative and sane unless the flag
+    declares its own range with number(kind, Limit(...))."""
+    for action in parser._actions:  # argparse keeps no public list
+        if action.type in (int, float):
+            action.type = number(action.type)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                checked_numbers(sub)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -254,6 +257,82 @@ class TrainConfig:
     accumulates batch_size * grad_accum / (processes * micro_batch_size) micro-batches."""
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The values a config field accepts beyond its type (checked by `check_fields`).
+
+    Numbers are always finite and at most `high`; a field with no entry in LIMITS gets
+    DEFAULT_LIMIT (a non-negative number, any string), so a field added later is checked
+    too. A string field with `choices` (or a Literal type) takes one of them.
+    """
+
+    low: float = 0
+    """Smallest value allowed (excluded when low_open)."""
+    high: float = 2**53
+    """Largest value allowed (excluded when high_open); 2**53: any sane count."""
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    """For a string: the values it may take."""
+    pattern: str = ""
+    """For a string: a regular expression the whole value must match."""
+    nonempty: bool = False
+    """For a string: the empty string is refused."""
+
+
+DEFAULT_LIMIT = Limit()
+COUNT = 2**24  # a batch or width far past any machine's memory, still a sane number
+LIMITS: dict[str, Limit] = {
+    "model.vocab_size": Limit(0, 2**32),  # token ids are stored as uint32 at most
+    "model.block_size": Limit(2, 2**20),
+    "model.n_layer": Limit(1, 2**16),
+    "model.n_head": Limit(1, 2**16),
+    "model.n_embd": Limit(1, 2**20),
+    "model.dropout": Limit(0, 1, high_open=True),
+    "model.activation": Limit(choices=ACTIVATIONS),
+    "model.mlp_hidden": Limit(0, COUNT),  # 0: the activation's default width
+    "model.norm": Limit(choices=NORMS),
+    "model.norm_eps": Limit(0, 1, low_open=True),
+    "model.positions": Limit(choices=POSITIONS),
+    "model.rope_base": Limit(1, 1e12, low_open=True),
+    "model.n_kv_head": Limit(0, 2**16),  # 0: n_head
+    "model.logit_softcap": Limit(0, 1e6),  # 0: off
+    "data.path": Limit(nonempty=True),
+    "data.train_split": Limit(nonempty=True),
+    "data.sampling": Limit(choices=("blocks", "random")),
+    "optim.optimizer": Limit(choices=OPTIMIZERS),
+    "optim.lr": Limit(0, 1e3, low_open=True),
+    "optim.muon_lr": Limit(0, 1e3, low_open=True),
+    "optim.muon_momentum": Limit(0, 1, high_open=True),
+    "optim.muon_weight_decay": Limit(0, 1e3),
+    "optim.muon_ns_steps": Limit(1, 99),
+    "optim.muon_adjust_lr": Limit(choices=MUON_ADJUST_LR),
+    "optim.decay_shape": Limit(choices=DECAY_SHAPES),
+    "optim.weight_decay": Limit(0, 1e3),
+    "optim.beta1": Limit(0, 1, high_open=True),
+    "optim.beta2": Limit(0, 1, high_open=True),
+    "optim.eps": Limit(0, 1, low_open=True),
+    "optim.grad_clip": Limit(0, 1e12),
+    "optim.schedule": Limit(choices=("constant", "cosine", "wsd")),
+    "optim.schedule_unit": Limit(choices=SCHEDULE_UNITS),
+    "optim.decay_fraction": Limit(0, 1, low_open=True),
+    "optim.min_lr_ratio": Limit(0, 1),
+    "train.batch_size": Limit(1, COUNT),
+    "train.grad_accum": Limit(1, COUNT),
+    "train.micro_batch_size": Limit(0, COUNT),
+    "train.epochs": Limit(0, 1e9),
+    "train.max_minutes": Limit(0, 1e9),
+    "train.log_interval": Limit(1),
+    "train.keep_checkpoints": Limit(1, 1e6),
+    "train.seed": Limit(0, 2**32 - 1),  # numpy's seed range
+    "train.num_threads": Limit(0, 2**16),
+    "train.device": Limit(pattern=r"auto|cpu|cuda(:[0-9]+)?"),
+    "train.precision": Limit(choices=("auto", "fp32", "bf16", "fp16")),
+    "train.parallel": Limit(choices=("ddp", "fsdp")),
+}
+"""Per `section.field`: the range of a number, the choices of a string."""
+
+
 @dataclass
 class Config:
     """A whole training run. `tinylm train` writes the resolved copy as config.yaml."""
@@ -267,31 +346,15 @@ class Config:
         return asdict(self)
 
     def validate(self) -> Config:
+        """Every field's type and range (LIMITS), then the rules between fields."""
+        check_fields(self)
         m, t = self.model, self.train
-        _require(m.vocab_size >= 0, "model.vocab_size must be positive (or 0: the dataset's)")
-        _require(
-            self.data.sampling in ("blocks", "random"),
-            f"data.sampling={self.data.sampling!r}: expected 'blocks' or 'random'",
-        )
-        _require(m.n_embd > 0, "model.n_embd must be positive")
-        _require(m.block_size >= 2, "model.block_size must be at least 2 (one input, one target)")
-        _require(m.n_layer > 0 and m.n_head > 0, "model.n_layer and model.n_head must be positive")
         _require(
             m.n_embd % m.n_head == 0,
             f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}",
         )
-        _require(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
-        for key, choices in (("activation", ACTIVATIONS), ("norm", NORMS),
-                             ("positions", POSITIONS)):  # fmt: skip
-            value = getattr(m, key)
-            _require(value in choices,
-                     f"model.{key}={value!r}; choose one of {', '.join(choices)}")  # fmt: skip
-        _require(m.mlp_hidden >= 0, "model.mlp_hidden must not be negative (0 = the default)")
-        _require(m.norm_eps > 0, "model.norm_eps must be positive")
-        _require(m.rope_base > 1, "model.rope_base must be greater than 1")
-        _require(m.logit_softcap >= 0, "model.logit_softcap must not be negative (0 = off)")
         _require(
-            m.n_kv_head >= 0 and m.n_head % m.kv_heads == 0,
+            m.n_head % m.kv_heads == 0,
             f"model.n_head={m.n_head} is not a multiple of model.n_kv_head={m.n_kv_head}",
         )
         _require(
@@ -299,43 +362,12 @@ class Config:
             f"model.positions=rope needs an even head size (n_embd / n_head = "
             f"{m.n_embd // m.n_head})",
         )
-        _require(self.optim.lr > 0, "optim.lr must be positive")
-        _require(
-            self.optim.optimizer in OPTIMIZERS,
-            f"optim.optimizer={self.optim.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
-        )
-        _require(
-            self.optim.muon_adjust_lr in MUON_ADJUST_LR,
-            f"optim.muon_adjust_lr={self.optim.muon_adjust_lr!r}; choose one of "
-            f"{', '.join(MUON_ADJUST_LR)}",
-        )
-        _require(self.optim.muon_lr > 0, "optim.muon_lr must be positive")
-        _require(0 <= self.optim.muon_momentum < 1, "optim.muon_momentum must be in [0, 1)")
-        _require(self.optim.muon_weight_decay >= 0, "optim.muon_weight_decay must not be negative")
-        _require(0 < self.optim.muon_ns_steps < 100, "optim.muon_ns_steps must be in 1..99")
-        _require(t.batch_size > 0, "train.batch_size must be positive")
-        _require(t.grad_accum > 0, "train.grad_accum must be positive")
-        _require(t.micro_batch_size >= 0, "train.micro_batch_size must not be negative")
-        _require(t.parallel in ("ddp", "fsdp"), f"train.parallel={t.parallel!r}; use ddp or fsdp")
         _require(
             t.epochs > 0 or t.max_steps > 0 or t.max_tokens > 0 or t.max_minutes > 0,
             "no training budget: set train.epochs, train.max_steps, train.max_tokens or "
             "train.max_minutes",
         )
-        _require(t.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1")
         o = self.optim
-        _require(
-            o.schedule in ("constant", "cosine", "wsd"),
-            f"optim.schedule={o.schedule!r}; choose constant, cosine or wsd",
-        )
-        _require(
-            o.schedule_unit in SCHEDULE_UNITS,
-            f"optim.schedule_unit={o.schedule_unit!r}; choose one of {', '.join(SCHEDULE_UNITS)}",
-        )
-        _require(
-            o.decay_shape in DECAY_SHAPES,
-            f"optim.decay_shape={o.decay_shape!r}; choose one of {', '.join(DECAY_SHAPES)}",
-        )
         _require(
             o.schedule_unit != "time" or t.max_minutes > 0,
             "optim.schedule_unit=time places the schedule in the time budget; set "
@@ -346,29 +378,77 @@ class Config:
             "optim.schedule_unit=time: optim.warmup and optim.schedule_length are fractions "
             "of train.max_minutes (warmup below 1, length at most 1)",
         )
-        _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
-        _require(0.0 < o.decay_fraction <= 1.0, "optim.decay_fraction must be in (0, 1]")
-        _require(o.warmup >= 0 and o.schedule_length >= 0,
-                 "optim.warmup and optim.schedule_length must not be negative")  # fmt: skip
         _require(
             o.schedule_length == 0 or o.warmup < o.schedule_length,
             "optim.warmup must be shorter than optim.schedule_length",
         )
-        _require(t.log_interval > 0, "train.log_interval must be positive")
-        non_negative = (
-            "epochs", "max_steps", "max_tokens", "max_minutes", "eval_interval",
-            "eval_interval_tokens", "eval_batches", "num_threads", "early_stop_patience",
-            "early_stop_min_delta", "checkpoint_interval", "max_skipped_steps",
-        )  # fmt: skip
-        for name in non_negative:
-            _require(getattr(t, name) >= 0, f"train.{name} must not be negative")
-        _require(self.optim.weight_decay >= 0, "optim.weight_decay must not be negative")
-        _require(self.optim.grad_clip >= 0, "optim.grad_clip must not be negative (0 = off)")
-        _require(
-            t.precision in ("auto", "fp32", "bf16", "fp16"),
-            f"train.precision={t.precision!r}; use auto, fp32, bf16 or fp16",
-        )
         return self
+
+
+def check_fields(config: Config) -> None:
+    """Each field of each section against its annotated type and its LIMITS entry."""
+    for section, cls in SECTIONS.items():
+        values = getattr(config, section)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            value = getattr(values, f.name)
+            _check_type(value, hints[f.name], key)
+            _check_limit(value, LIMITS.get(key, DEFAULT_LIMIT), key)
+
+
+def _check_type(value: Any, kind: Any, key: str) -> None:
+    """A value built in code (not read by _coerce) may still be of the wrong type."""
+    coerced = _coerce(value, kind, key)
+    same = coerced is value or coerced == value or (isinstance(value, float) and value != value)
+    if not same or (isinstance(value, bool) and kind is not bool):
+        raise TinyLMError(f"config: {key}={value!r}: expected {_type_name(kind)}")
+
+
+def parse_number(text: str, kind: type, limit: Limit, name: str) -> Any:
+    """A command-line number read exactly as a config value of that type (1e3 is an int,
+    nan, inf and 1.5-for-an-int are not) and checked against `limit`."""
+    value = _coerce(text, kind, name)
+    problem = range_problem(value, limit)
+    if problem:
+        raise TinyLMError(f"{name} {_shown(value)} {problem}")
+    return value
+
+
+def range_problem(value: int | float, limit: Limit) -> str:
+    """Why a number is outside `limit` ("" when it is inside)."""
+    low = value > limit.low if limit.low_open else value >= limit.low
+    high = value < limit.high if limit.high_open else value <= limit.high
+    if math.isfinite(value) and low and high:
+        return ""
+    return f"is out of range; expected {_describe_range(limit, isinstance(value, int))}"
+
+
+def _check_limit(value: Any, limit: Limit, key: str) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int | float):
+        problem = range_problem(value, limit)
+        if problem:
+            raise TinyLMError(f"config: {key}={_shown(value)} {problem}")
+    elif isinstance(value, str):
+        if limit.choices and value not in limit.choices:
+            raise TinyLMError(
+                f"config: {key}={value!r}; choose one of {', '.join(limit.choices)}"
+                f"{_hint(value, limit.choices)}"
+            )
+        if limit.pattern and not re.fullmatch(limit.pattern, value):
+            raise TinyLMError(f"config: {key}={value!r} is not of the form {limit.pattern}")
+        if limit.nonempty and not value:
+            raise TinyLMError(f"config: {key} must not be empty")
+
+
+def _describe_range(limit: Limit, integer: bool) -> str:
+    what = "an integer" if integer else "a number"
+    low = f"{limit.low:g}" if not integer else f"{int(limit.low):,}"
+    high = f"{limit.high:g}" if not integer else f"{int(limit.high):,}"
+    left, right = "(" if limit.low_open else "[", ")" if limit.high_open else "]"
+    return f"{what} in {left}{low}, {high}{right}"
 
 
 SECTIONS: dict[str, type] = {
@@ -420,15 +500,44 @@ def save_config(config: Config, path: Path) -> None:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TinyLMError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise TinyLMError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise TinyLMError(f"{path}: expected a mapping of sections (model, data, optim, train)")
     return data
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data (safe types only); not UTF-8, not YAML or a key given twice in
+    one mapping is one clear error."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506
+    except UnicodeDecodeError as err:
+        raise TinyLMError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except yaml.MarkedYAMLError as err:
+        where = f", line {err.problem_mark.line + 1}" if err.problem_mark else ""
+        raise TinyLMError(f"{path}{where}: not valid YAML ({err.problem})") from None
+    except yaml.YAMLError as err:
+        raise TinyLMError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error
+    (PyYAML keeps the last silently, so a setting would vanish without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line}); "
+                    "keep one", key_node.start_mark
+                )  # fmt: skip
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def _merge(raw: dict[str, dict[str, Any]], data: dict[str, Any], origin: str) -> None:
@@ -467,11 +576,26 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
-    """Check and convert one value to its field's type.
+    """Check and convert one value to its field's type (bool, int, float, str, a Literal
+    of strings, or any of them `| None`).
 
     Command-line values arrive as strings, and YAML reads 5e-4 as a string too.
     """
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        (kind,) = [k for k in typing.get_args(kind) if k is not type(None)]
+        origin = typing.get_origin(kind)
     try:
+        if origin is typing.Literal:
+            choices = typing.get_args(kind)
+            if value in choices:
+                return value
+            raise TinyLMError(
+                f"{key}={value!r}; choose one of {', '.join(map(str, choices))}"
+                f"{_hint(str(value), [str(c) for c in choices])}"
+            )
         if kind is bool:
             if isinstance(value, bool):
                 return value
@@ -481,11 +605,18 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 return False
             raise ValueError
         if kind is int:
-            if isinstance(value, bool) or float(value) != int(float(value)):
+            if isinstance(value, bool | list | dict):
                 raise ValueError
-            return int(float(value))
+            if isinstance(value, int):
+                return value
+            if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9_]+", value.strip()):
+                return int(value)
+            number = float(value)  # 1e3; refuses nan, inf and 1.5 below
+            if not math.isfinite(number) or number != int(number):
+                raise ValueError
+            return int(number)
         if kind is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool | list | dict):
                 raise ValueError
             return float(value)
         if kind is str:
@@ -498,7 +629,18 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         pass
     else:
         return value
-    raise TinyLMError(f"{key}: expected {kind.__name__}, got {value!r}")
+    raise TinyLMError(f"{key}: expected {_type_name(kind)}, got {_shown(value)}")
+
+
+def _type_name(kind: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        kind, str(kind)
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _hint(name: str, valid: Any, section: str | None = None) -> str:

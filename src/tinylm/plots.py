@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tinylm.atomic import write_atomic  # noqa: E402
 from tinylm.rundir import RunDir, run_labels  # noqa: E402
 
 X_AXES = {"tokens": "tokens seen", "elapsed_s": "wall time (minutes, validation included)"}
@@ -71,10 +73,10 @@ def plot_losses(
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small" if len(runs) <= 6 else "x-small", ncol=1 + len(runs) // 8)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    tmp.replace(out)
+    write_atomic(out, png.getvalue())  # whole or not at all, no temp file left
 
 
 def _ema(values: list[float], beta: float) -> list[float]:

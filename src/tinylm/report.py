@@ -14,9 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tinylm.atomic import write_atomic
+from tinylm.config import read_yaml
 from tinylm.errors import TinyLMError
 from tinylm.rundir import RECENT_STEPS, RunDir, run_labels
 
@@ -42,6 +41,9 @@ def summarize(run: RunDir) -> dict[str, Any]:
     """The facts a results table needs, read from the run directory's files."""
     if not run.config.is_file():
         raise TinyLMError(f"{run.path}: not a tinylm run directory (no config.yaml)")
+    config = read_yaml(run.config)
+    if not isinstance(config, dict):
+        raise TinyLMError(f"{run.config}: damaged (not the mapping `tinylm train` writes)")
     records = run.read_metrics()
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
@@ -53,7 +55,7 @@ def summarize(run: RunDir) -> dict[str, Any]:
     seconds = meta.get("train_seconds", last.get("elapsed_s"))
     return {
         "run": run.path.name,
-        "config": yaml.safe_load(run.config.read_text()),
+        "config": config,
         "params": meta.get("num_parameters"),
         "tokens": tokens,
         "train_seconds": seconds,

@@ -14,10 +14,12 @@ RUN/report.md                    `tinylm report` summary
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinylm.atomic import write_atomic
 from tinylm.errors import TinyLMError
 
 RECENT_STEPS = 50
@@ -82,15 +84,24 @@ class RunDir:
     def final_meta(self) -> dict[str, Any]:
         """The latest checkpoint's meta.json ({} before the first checkpoint)."""
         meta_file = self.latest_checkpoint / "meta.json"
-        return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        if not meta_file.is_file():
+            return {}
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError
+        except ValueError:
+            raise TinyLMError(
+                f"{meta_file}: damaged checkpoint metadata; point checkpoints/latest at an "
+                "earlier step-N directory, or train the run again"
+            ) from None
+        return meta
 
     def current_evals(self, meta: dict[str, Any]) -> dict[str, Any]:
         """eval.json's splits measured on the checkpoint `meta` describes, on the run's own
         data (eval.json also keeps results of earlier steps and other datasets); all of it
         when there is no meta to compare with."""
-        if not self.eval_results.is_file():
-            return {}
-        results = json.loads(self.eval_results.read_text())
+        results = self.read_eval_results()
         return {
             split: r
             for split, r in results.items()
@@ -98,16 +109,61 @@ class RunDir:
             or (r.get("step") == meta.get("step") and r.get("dataset") == meta.get("dataset"))
         }
 
+    def read_eval_results(self) -> dict[str, Any]:
+        """eval.json's results per split ({} when there is none); a damaged one is refused."""
+        if not self.eval_results.is_file():
+            return {}
+        try:
+            results = json.loads(self.eval_results.read_text(encoding="utf-8"))
+            if not isinstance(results, dict) or not all(
+                isinstance(r, dict) for r in results.values()
+            ):
+                raise ValueError
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise TinyLMError(
+                f"{self.eval_results}: damaged (not the JSON object `tinylm eval` writes); "
+                "delete it and run `tinylm eval` again"
+            ) from None
+        return results
+
+    def record_eval_results(self, results: dict[str, Any]) -> None:
+        """Merge new per-split results into eval.json. A damaged eval.json does not cost
+        the new results: it is kept as eval.json.damaged, with a note."""
+        try:
+            previous = self.read_eval_results()
+        except TinyLMError:
+            damaged = self.eval_results.with_name(self.eval_results.name + ".damaged")
+            self.eval_results.replace(damaged)
+            print(f"note: {self.eval_results} was damaged; moved it to {damaged} and wrote "
+                  "the new results alone", file=sys.stderr)  # fmt: skip
+            previous = {}
+        write_atomic(self.eval_results, json.dumps({**previous, **results}, indent=2) + "\n")
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.is_file():
             raise TinyLMError(f"{self.path}: no metrics.jsonl; is this a tinylm run directory?")
-        records = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a run killed mid-write leaves at most one partial last line
-        return records
+        return parse_metrics(self.metrics)
+
+
+def parse_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records. A run killed mid-write leaves at most one partial last line,
+    which is skipped; a damaged line before the last is refused, not silently cut short."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError
+        except ValueError:
+            if number == len(lines):
+                break
+            raise TinyLMError(
+                f"{path}:{number}: damaged record (not a JSON object); delete that line (or "
+                "restore the file) and run the command again"
+            ) from None
+        records.append(record)
+    return records
 
 
 def run_labels(runs: list[RunDir]) -> list[str]:

@@ -35,9 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tinylm.config import config_differences, load_config
+from tinylm.config import config_differences, load_config, read_yaml
 from tinylm.errors import TinyLMError
 from tinylm.rundir import FINISHED, SUPERVISED_ENV, RunDir
 
@@ -340,12 +338,7 @@ def _tinylm() -> list[str]:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TinyLMError(f"{path}: no such sweep file")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise TinyLMError(f"{path}: not valid YAML{where}") from None
+    spec = read_yaml(path)  # UTF-8, YAML, no key twice
     if not isinstance(spec, dict):
         raise TinyLMError(f"{path}: a sweep file is a mapping with base/runs/grid keys")
     _check_keys(spec, SWEEP_KEYS, str(path))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tinylm.errors import TinyLMError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,8 +24,6 @@ def run(args: argparse.Namespace) -> int:
     from tinylm.data.dataset import PreparedDataset
     from tinylm.data.stats import dataset_stats, format_stats
 
-    if args.top < 0:
-        raise TinyLMError("--top must not be negative")
     dataset = PreparedDataset.open(args.dataset)
     print(format_stats(dataset, dataset_stats(dataset, args.top)))
     return 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from tinylm.commands.options import add_checkpoint_args
-from tinylm.errors import TinyLMError
+from tinylm.commands.options import add_checkpoint_args, number
+from tinylm.config import COUNT, Limit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,19 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", nargs="+", default=["val", "test"], help="splits (default: val test)")
     p.add_argument("--data", type=Path, help="dataset directory (default: the one it trained on)")
     p.add_argument(
-        "--batch-size", type=int, default=32, help="blocks per forward pass (default: 32)"
+        "--batch-size",
+        type=number(int, Limit(1, COUNT)),
+        default=32,
+        help="blocks per forward pass (default: 32)",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinylm.atomic import write_atomic
     from tinylm.data.dataset import PreparedDataset
     from tinylm.evaluate import evaluate
     from tinylm.inference import load_for_inference
 
-    if args.batch_size <= 0:
-        raise TinyLMError("--batch-size must be positive")
     loaded = load_for_inference(args.run, args.device)
     config = loaded.checkpoint.config
     dataset = PreparedDataset.open(args.data or config.data.path)
@@ -58,7 +57,5 @@ def run(args: argparse.Namespace) -> int:
         bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte is not None else "-"
         print(f"{split:>6} {r.tokens:>10,} {r.loss:>8.4f} {r.perplexity:>11.2f} {bpb:>10}")
     if loaded.run is not None:
-        eval_file = loaded.run.eval_results
-        previous = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
-        write_atomic(eval_file, json.dumps({**previous, **results}, indent=2) + "\n")
+        loaded.run.record_eval_results(results)
     return 0

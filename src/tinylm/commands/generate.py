@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinylm.commands.options import add_checkpoint_args
-from tinylm.config import INFERENCE_PRECISIONS
+from tinylm.commands.options import SEED_LIMIT, add_checkpoint_args, number
+from tinylm.config import COUNT, INFERENCE_PRECISIONS, Limit
 from tinylm.errors import TinyLMError
 
 
@@ -47,25 +47,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-cache", action="store_true", help="recompute the whole context every token (slow)"
     )
     p.add_argument(
-        "--max-new-tokens", type=int, default=100, help="tokens to generate (default: 100)"
+        "--max-new-tokens",
+        type=number(int, Limit(1, COUNT)),
+        default=100,
+        help="tokens to generate (default: 100)",
     )
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
     p.add_argument(
-        "--top-k", type=int, default=50, help="keep the k likeliest tokens; 0 = all (default: 50)"
+        "--temperature",
+        type=number(float, Limit(0, 1e6)),
+        default=0.8,
+        help="0 = greedy (default: 0.8)",
     )
     p.add_argument(
-        "--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = off (default: 0.95)"
+        "--top-k",
+        type=number(int, Limit(0, 2**32)),
+        default=50,
+        help="keep the k likeliest tokens; 0 = all (default: 50)",
     )
-    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument(
+        "--top-p",
+        type=number(float, Limit(0, 1, low_open=True)),
+        default=0.95,
+        help="nucleus sampling mass; 1 = off (default: 0.95)",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=number(int, Limit(1, COUNT)),
+        default=1,
+        help="samples to draw (default: 1)",
+    )
+    p.add_argument(
+        "--seed", type=number(int, SEED_LIMIT), default=0, help="sampling seed (default: 0)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tinylm.inference import Sampling, complete, load_for_inference
 
-    if args.num_samples <= 0:
-        raise TinyLMError("--num-samples must be positive")
     sampling = Sampling(
         args.max_new_tokens,
         args.temperature,

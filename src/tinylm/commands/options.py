@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from tinylm.config import DEFAULT_LIMIT, Limit, parse_number
 from tinylm.errors import TinyLMError
+
+SEED_LIMIT = Limit(0, 2**63 - 1)  # a seed is hashed as a signed 64-bit integer
+
+
+def number(kind: type, limit: Limit = DEFAULT_LIMIT) -> Callable[[str], Any]:
+    """An argparse type for a numeric flag: read like a config value of `kind`, finite,
+    within `limit` (by default a non-negative number). Every int or float flag gets one:
+    the CLI wraps a plain `type=int`/`float` in number(kind) (see cli.checked_numbers)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return parse_number(text, kind, limit, "value")
+        except TinyLMError as err:
+            raise argparse.ArgumentTypeError(re.sub(r"^value:? ", "", str(err))) from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.kind, parse.limit = kind, limit  # type: ignore[attr-defined]  # for tests and docs
+    return parse
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -40,7 +62,9 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep-whitespace", action="store_true", help="keep whitespace exactly as it is"
     )
-    p.add_argument("--min-chars", type=int, default=1, help="drop shorter documents (default: 1)")
+    p.add_argument(
+        "--min-chars", type=number(int), default=1, help="drop shorter documents (default: 1)"
+    )
     p.add_argument("--no-dedup", action="store_true", help="keep exact duplicate documents")
 
 
@@ -50,8 +74,6 @@ def source_options(args: argparse.Namespace):
     from tinylm.data.prepare import parse_split
     from tinylm.data.sources import SourceOptions
 
-    if args.min_chars < 0:
-        raise TinyLMError("--min-chars must not be negative")
     source = SourceOptions(args.text_field, args.on_invalid_utf8, args.hf_split)
     clean = CleanOptions(
         normalize=args.normalize,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tinylm.commands.options import add_source_args, source_options
+from tinylm.commands.options import SEED_LIMIT, add_source_args, number, source_options
+from tinylm.config import Limit
 from tinylm.errors import TinyLMError
 
 
@@ -32,12 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="gpt2, bytes, or a tokenizer.json from `tinylm tokenizer train` (default: gpt2)",
     )
     p.add_argument("--split", default="98,1,1", help="train,val,test shares (default: 98,1,1)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the split (default: 1337)")
+    p.add_argument(
+        "--seed",
+        type=number(int, SEED_LIMIT),
+        default=1337,
+        help="seed of the split (default: 1337)",
+    )
     p.add_argument("--weights", help="mixture weight per source, e.g. 1,0.5 (default: all 1)")
     add_source_args(p)
     p.add_argument(
         "--workers",
-        type=int,
+        type=number(int, Limit(0, 4096)),
         default=0,
         help="tokenizer processes; 0 = one per core, 1 = in this process (default: 0)",
     )
@@ -48,8 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tinylm.data.prepare import PrepareOptions, prepare
 
-    if args.workers < 0:
-        raise TinyLMError("--workers must be 0 (one per core) or a positive number")
     weights = None
     if args.weights:
         try:

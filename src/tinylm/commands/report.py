@@ -51,7 +51,9 @@ def run_dirs(paths: list[Path]) -> list[Path]:
     (a shell glob over a sweep's output also matches its report.md) are skipped."""
     found = []
     for path in paths:
-        inside = sorted(c.parent for c in path.glob("*/config.yaml")) if path.is_dir() else []
+        # Hidden directories are no runs: `.RUN.previous` is one an --overwrite set aside.
+        configs = path.glob("*/config.yaml") if path.is_dir() else []
+        inside = sorted(c.parent for c in configs if not c.parent.name.startswith("."))
         if path.is_file():
             print(f"tinylm report: skipping {path} (a file, not a run directory)", file=sys.stderr)
         elif not (path / "config.yaml").is_file() and inside:

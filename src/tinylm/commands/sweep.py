@@ -6,7 +6,8 @@ import argparse
 import shlex
 from pathlib import Path
 
-from tinylm.errors import TinyLMError
+from tinylm.commands.options import number
+from tinylm.config import Limit
 from tinylm.rundir import RunDir
 
 
@@ -25,7 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", help="one of the file's named scales (e.g. cpu)")
     p.add_argument("--out", type=Path, help="directory of the runs (default: the file's out)")
     p.add_argument(
-        "--jobs", type=int, default=1, help="runs at once, as separate processes (default: 1)"
+        "--jobs",
+        type=number(int, Limit(1, 4096)),
+        default=1,
+        help="runs at once, as separate processes (default: 1)",
     )
     p.add_argument(
         "--only",
@@ -41,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from tinylm.report import write_report
     from tinylm.sweep import check_configs, load_sweep, run_sweep
 
-    if args.jobs < 1:
-        raise TinyLMError("--jobs must be at least 1")
     sweep = load_sweep(args.sweep, args.scale, args.overrides, args.out)
     if args.dry_run:
         check_configs(sweep)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tinylm.commands.options import add_source_args, source_options
+from tinylm.commands.options import SEED_LIMIT, add_source_args, number, source_options
+from tinylm.config import Limit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +21,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = tsub.add_parser("train", help="train a BPE on the train split of the sources")
     t.add_argument("sources", nargs="+", metavar="SOURCE", help="as for `tinylm prepare`")
     t.add_argument("--out", required=True, type=Path, help="directory for tokenizer.json")
-    t.add_argument("--vocab-size", type=int, required=True, help="tokens, EOT included")
+    t.add_argument(
+        "--vocab-size",
+        type=number(int, Limit(1, 2**20)),
+        required=True,
+        help="tokens, EOT included",
+    )
     t.add_argument("--min-frequency", type=int, default=2, help="rarest merge kept (default: 2)")
     t.add_argument("--split", default="98,1,1", help="as for prepare: only train documents")
-    t.add_argument("--seed", type=int, default=1337, help="as for prepare (default: 1337)")
+    t.add_argument(
+        "--seed", type=number(int, SEED_LIMIT), default=1337, help="as for prepare (default: 1337)"
+    )
     add_source_args(t)
     t.set_defaults(func=run)
 

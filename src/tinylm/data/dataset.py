@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tinylm.confine import confined
 from tinylm.errors import TinyLMError
 
 MANIFEST = "manifest.json"
@@ -79,13 +80,20 @@ class PreparedDataset:
                 raise TinyLMError(f"{path}: not a prepared dataset (no {MANIFEST}); {hint}")
             raise TinyLMError(f"{path}: no such dataset directory; {hint}")
         try:
-            manifest = json.loads(file.read_text())
-        except json.JSONDecodeError:
+            manifest = json.loads(file.read_text(encoding="utf-8"))
+        except ValueError:  # not JSON, not UTF-8
             raise TinyLMError(f"{file}: not valid JSON; prepare the dataset again") from None
-        if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("format") != FORMAT
+            or manifest.get("version") != FORMAT_VERSION
+        ):
             raise TinyLMError(
                 f"{file}: not a {FORMAT} v{FORMAT_VERSION} manifest; prepare the dataset again"
             )
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise TinyLMError(f"{file}: damaged ({problem}); prepare the dataset again")
         return cls(path, manifest)
 
     @property
@@ -110,7 +118,9 @@ class PreparedDataset:
         from tinylm.data.tokenizer import get_tokenizer
 
         file = self.manifest["tokenizer"].get("file")
-        tokenizer = get_tokenizer(str(self.path / file) if file else self.tokenizer_name)
+        if file:
+            file = confined(self.path, file, str(self.path / MANIFEST))
+        tokenizer = get_tokenizer(str(file) if file else self.tokenizer_name)
         self.check_tokenizer(tokenizer.fingerprint, tokenizer.name, "the installed tokenizer")
         return tokenizer
 
@@ -123,7 +133,7 @@ class PreparedDataset:
         dtype = np.dtype(self.manifest["dtype"])
         shards = []
         for shard in self.splits[split]["shards"]:
-            file = self.path / shard["file"]
+            file = confined(self.path, shard["file"], str(self.path / MANIFEST))
             expected = shard["tokens"] * dtype.itemsize
             if not file.is_file() or file.stat().st_size != expected:
                 raise TinyLMError(
@@ -143,6 +153,48 @@ class PreparedDataset:
                 f"but {what} uses {name} ({fingerprint[:12]}); "
                 "prepare the data with the model's tokenizer or train a new model on this data"
             )
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str:
+    """What is wrong with the fields the readers use ("" when nothing): their types, so a
+    damaged or hand-edited manifest is one clear error, not a traceback later."""
+
+    def counts(where: dict[str, Any], keys: tuple[str, ...], name: str) -> str:
+        for key in keys:
+            value = where.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return f"{name}.{key} is {value!r}, not a count"
+        return ""
+
+    tok = manifest.get("tokenizer")
+    if not isinstance(tok, dict):
+        return "no tokenizer object"
+    for key in ("name", "fingerprint"):
+        if not isinstance(tok.get(key), str):
+            return f"tokenizer.{key} is {tok.get(key)!r}, not a string"
+    if tok.get("file") is not None and not isinstance(tok.get("file"), str):
+        return f"tokenizer.file is {tok.get('file')!r}"
+    problem = counts(tok, ("vocab_size", "eot_id"), "tokenizer")
+    if problem:
+        return problem
+    if manifest.get("dtype") not in (token_dtype(2).str, token_dtype(2**17).str):
+        return f"dtype {manifest.get('dtype')!r} is not {token_dtype(2).str} or uint32"
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return "no splits object"
+    for name, split in splits.items():
+        if not isinstance(split, dict) or not isinstance(split.get("shards"), list):
+            return f"split {name!r} has no list of shards"
+        problem = counts(split, ("documents", "tokens"), f"splits.{name}")
+        for i, shard in enumerate(split["shards"]):
+            if problem:
+                break
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+                return f"splits.{name}.shards[{i}] names no file"
+            problem = counts(shard, ("tokens",), f"splits.{name}.shards[{i}]")
+        if problem:
+            return problem
+    return ""
 
 
 def model_tokenizer(tokenizer: dict[str, str], data_path: str | Path):  # -> Tokenizer

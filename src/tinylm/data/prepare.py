@@ -19,12 +19,13 @@ result is byte-identical to an uninterrupted run.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 from collections import Counter, deque
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from tinylm import __version__
-from tinylm.atomic import fsync_dir, replace_dir, write_atomic
+from tinylm.atomic import OLD_MARK, fsync_dir, remove_temporaries, replace_dir, write_atomic
 from tinylm.data.clean import CleanOptions, clean_text
 from tinylm.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_DIR, token_dtype
 from tinylm.data.sources import (
@@ -48,14 +49,15 @@ from tinylm.data.sources import (
     source_files,
 )
 from tinylm.data.tokenizer import TOKENIZER_FILE, HFTokenizer, Tokenizer, get_tokenizer
-from tinylm.errors import TinyLMError
+from tinylm.errors import TinyLMError, disk_full
+from tinylm.lock import hold_lock
 from tinylm.progress import progress
 
 SPLITS = ("train", "val", "test")
+MAX_WEIGHT = 1000.0  # copies of each document a mixture weight may ask for
 CHUNK_CHARS = 1_000_000  # characters of text per unit of work sent to a worker
 SHARD_TOKENS = 100_000_000  # a shard is closed at the first document end past this many tokens
 CHECKPOINT_CHUNKS = 32  # chunks between saved positions (~32M characters)
-DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 PROGRESS = "progress.json"  # inside DIR.partial: how far an interrupted run got
 SEEN = "seen.bin"  # inside DIR.partial: the dedup hashes so far, 16 bytes each
 
@@ -88,7 +90,8 @@ def parse_split(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in text.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] == 0:
+    finite = all(math.isfinite(p) for p in parts) and math.isfinite(sum(parts))
+    if len(parts) != 3 or not finite or any(p < 0 for p in parts) or parts[0] == 0:
         raise TinyLMError(
             f"--split {text!r}: expected three non-negative numbers train,val,test, e.g. 98,1,1"
         )
@@ -119,19 +122,55 @@ def split_of(text: str, seed: int, fractions: tuple[float, float, float]) -> str
 
 
 def prepare(opts: PrepareOptions) -> dict[str, Any]:
-    """Write the dataset to opts.out and return its manifest."""
+    """Write the dataset to opts.out and return its manifest.
+
+    One prepare writes a dataset at a time: it holds the output's lock (tinylm.lock) for
+    the whole command, and a second `tinylm prepare` on the same --out is refused.
+    """
     out = Path(opts.out)
+    with hold_lock(out, "dataset"):
+        _recover_interrupted(out)
+        return _prepare(opts, out)
+
+
+def _recover_interrupted(out: Path) -> None:
+    """Under the lock: a dataset an interrupted --overwrite had renamed aside (killed
+    between the two renames of replace_dir) comes back; one already replaced goes; a
+    work directory with no saved position to resume from goes too."""
+    aside = re.compile(re.escape(f".{out.name}{OLD_MARK}") + "[0-9]+")
+    for old in sorted(out.parent.glob(f".{out.name}{OLD_MARK}*")):
+        if not aside.fullmatch(old.name):
+            continue
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(out)
+            print(f"note: {out}: restored the dataset an interrupted --overwrite had set "
+                  "aside", file=sys.stderr)  # fmt: skip
+    partial = _partial_dir(out)
+    if partial.is_dir() and not (partial / PROGRESS).is_file():
+        print(f"note: removing {partial} left by an interrupted prepare", file=sys.stderr)
+        shutil.rmtree(partial)
+
+
+def _partial_dir(out: Path) -> Path:
+    """Where a prepare builds DIR: `.DIR.partial` beside it."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _prepare(opts: PrepareOptions, out: Path) -> dict[str, Any]:
     _check_out(out, opts.overwrite)
     tokenizer = get_tokenizer(opts.tokenizer)
     weights = list(opts.weights) if opts.weights else [1.0] * len(opts.sources)
-    if len(weights) != len(opts.sources) or any(not w > 0 for w in weights):
+    if len(weights) != len(opts.sources) or any(not 0 < w <= MAX_WEIGHT for w in weights):
         raise TinyLMError(
-            f"--weights: expected {len(opts.sources)} positive numbers, one per source"
+            f"--weights: expected {len(opts.sources)} numbers in (0, {MAX_WEIGHT:g}], one per "
+            "source (a weight is how many times each document is written)"
         )
     for spec in opts.sources:
         check_source(spec)
     workers = opts.workers or os.cpu_count() or 1
-    partial = out.parent / f".{out.name}.partial"
+    partial = _partial_dir(out)
     key = _resume_key(opts, tokenizer)
     resume = _saved_progress(partial, key)
     if resume is None and partial.exists():
@@ -144,14 +183,16 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
             file=sys.stderr,
         )
     partial.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(partial)  # a killed run's half-written progress.json, say
     try:
         manifest = _prepare_into(partial, opts, tokenizer, weights, workers, key, resume)
         (partial / PROGRESS).unlink(missing_ok=True)
         (partial / SEEN).unlink(missing_ok=True)
+        remove_temporaries(partial)
         replace_dir(partial, out)
     except OSError as err:
         shutil.rmtree(partial, ignore_errors=True)
-        if err.errno in DISK_FULL:
+        if disk_full(err):
             raise TinyLMError(
                 f"{out}: disk full while writing ({err.strerror}); "
                 "free some space or choose another --out, then run prepare again"

@@ -155,13 +155,16 @@ def _read_file(path: Path, options: SourceOptions, counts: SourceCounts) -> Iter
 def _read_text(
     path: Path, f: io.BufferedReader, options: SourceOptions, counts: SourceCounts
 ) -> Iterator[Document]:
-    """The file as one document; a file over TEXT_PIECE bytes as pieces cut at blank lines.
-
-    Cutting keeps memory bounded for a single huge text file (a 1 GB dump is ~256 documents).
-    """
+    """The file as one document; a file over TEXT_PIECE bytes as pieces cut at blank lines
+    past every 4 MiB, never longer than 8 MiB (a line past 4 MiB is cut too, see
+    _bounded_lines). So memory stays bounded for a single huge text file, newlines or not
+    (a 1 GB dump is ~256 documents)."""
     piece: list[bytes] = []
     size = start = part = 0
-    for line in f:
+    for line in _bounded_lines(f, TEXT_PIECE):
+        if piece and size + len(line) > 2 * TEXT_PIECE:  # no piece grows past 8 MiB
+            yield from _text_piece(path, piece, start, part, options, counts)
+            start, size, part, piece = start + size, 0, part + 1, []
         piece.append(line)
         size += len(line)
         if size >= TEXT_PIECE and (not line.strip() or size >= 2 * TEXT_PIECE):
@@ -169,6 +172,35 @@ def _read_text(
             start, size, part, piece = start + size, 0, part + 1, []
     if piece:
         yield from _text_piece(path, piece, start, part, options, counts)
+
+
+def _bounded_lines(f: io.BufferedReader, limit: int) -> Iterator[bytes]:
+    """The file's lines, a line longer than `limit` bytes in parts of at most `limit`: cut
+    after its last space in the part's second half, else between two UTF-8 characters.
+    So a file without a newline is never read whole."""
+    rest = b""
+    while True:
+        line = rest + f.readline(limit - len(rest))
+        rest = b""
+        if not line:
+            return
+        if len(line) >= limit and not line.endswith(b"\n"):
+            cut = line.rfind(b" ", limit // 2) + 1 or _character_end(line)
+            line, rest = line[:cut], line[cut:]
+        yield line
+
+
+def _character_end(data: bytes) -> int:
+    """The length of data without a UTF-8 character the end may cut in two (a lead byte and
+    its continuation bytes, 10xxxxxx, are left for the next part)."""
+    cut = len(data)
+    while cut > len(data) - 3 and cut > 1 and data[cut - 1] & 0xC0 == 0x80:
+        cut -= 1
+    if data[cut - 1] >= 0xC0:  # a lead byte: its character is (maybe) incomplete
+        cut -= 1
+    elif data[cut - 1] & 0xC0 == 0x80:
+        cut = len(data)  # not UTF-8 anyway: the decoder reports it
+    return cut or len(data)
 
 
 def _text_piece(

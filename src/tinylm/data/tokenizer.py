@@ -263,6 +263,10 @@ def _no_tiktoken_cache() -> Iterator[None]:
             os.environ["TIKTOKEN_CACHE_DIR"] = saved
 
 
+MAX_BPE_VOCAB = 2**20
+"""Largest vocabulary `tinylm tokenizer train` trains (GPT-2 has 50,257)."""
+
+
 def train_bpe(texts: Iterator[str], vocab_size: int, out: Path, min_frequency: int = 2) -> Path:
     """Train a byte-level BPE (GPT-2 style) on `texts` and write out/tokenizer.json.
 
@@ -274,6 +278,8 @@ def train_bpe(texts: Iterator[str], vocab_size: int, out: Path, min_frequency: i
 
     if vocab_size < 257 + 1:
         raise TinyLMError(f"--vocab-size {vocab_size}: must be at least 258 (256 bytes, EOT, 1)")
+    if vocab_size > MAX_BPE_VOCAB:  # the trainer allocates ~66 bytes per entry up front
+        raise TinyLMError(f"--vocab-size {vocab_size:,}: at most {MAX_BPE_VOCAB:,}")
     tok = HFTok(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -18,7 +18,10 @@ safetensors (or weights-only torch) files are read directly.
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ import torch
 
 from tinylm.atomic import replace_dir, temp_dir_beside
 from tinylm.config import Config
+from tinylm.confine import confined
 from tinylm.data.dataset import model_tokenizer
 from tinylm.data.tokenizer import get_tokenizer
 from tinylm.errors import TinyLMError
@@ -150,9 +154,17 @@ def import_hf(
         hf_config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TinyLMError(f"{config_file}: not valid JSON ({err})") from None
-    family = import_family(hf_config, str(config_file))
-    config = Config(model=family.model_config(hf_config, str(config_file)))
-    config.validate()
+    if not isinstance(hf_config, dict):
+        raise TinyLMError(f"{config_file}: expected a JSON object of settings")
+    try:
+        family = import_family(hf_config, str(config_file))
+        config = Config(model=family.model_config(hf_config, str(config_file)))
+    except (TypeError, ValueError) as err:  # "768" where a number belongs, say
+        raise TinyLMError(f"{config_file}: a setting has the wrong type ({err})") from None
+    try:
+        config.validate()  # every field's type and range, before anything is allocated
+    except TinyLMError as err:
+        raise TinyLMError(f"{config_file}: {err}") from None
     name = tokenizer or tokenizer_of_hf_dir(hf_dir)
     if name is None:
         raise TinyLMError(
@@ -166,8 +178,10 @@ def import_hf(
             f"{name} tokenizer's {tok.vocab_size}"
         )
     check_output_dir(out, overwrite)
+    weights = read_weights(hf_dir)  # no larger than the files on disk
+    check_size(config, weights, config_file)
     model = GPT(config.model)
-    model.load_state_dict(family.from_hf(read_weights(hf_dir), model, str(hf_dir)))
+    model.load_state_dict(family.from_hf(weights, model, str(hf_dir)))
     meta = {
         "step": 0,
         "tokens_seen": 0,
@@ -185,13 +199,14 @@ def read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     if single.is_file():
         files = [single]
     elif index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [hf_dir / f for f in sorted(set(weight_map.values()))]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise TinyLMError(f"{index}: damaged (expected a JSON weight_map)") from None
+        files = [confined(hf_dir, name, str(index)) for name in names]
     elif (hf_dir / "pytorch_model.bin").is_file():
-        try:  # weights_only: a tensor file must not be able to run code
-            return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for damaged or unsafe files
-            raise TinyLMError(f"{hf_dir / 'pytorch_model.bin'}: unreadable ({err})") from None
+        return _load_pickled_tensors(hf_dir / "pytorch_model.bin")
     else:
         raise TinyLMError(f"{hf_dir}: no model.safetensors (or pytorch_model.bin) to import")
     tensors = {}
@@ -201,6 +216,43 @@ def read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
         except (safetensors.SafetensorError, OSError) as err:
             raise TinyLMError(f"{file}: damaged or unreadable weights ({err})") from None
     return tensors
+
+
+def _load_pickled_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A pytorch_model.bin with weights_only=True: a file that would run code (a pickled
+    GLOBAL such as os.system) is refused in one line, never loaded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes are not the user's problem
+            tensors = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refusing something
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise TinyLMError(
+            f"{file}: refused: it holds Python objects to call{what}, not only tensors; "
+            "import a model.safetensors instead"
+        ) from None
+    except Exception as err:  # torch raises several types for damaged files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TinyLMError(f"{file}: unreadable ({first})") from None
+    if not isinstance(tensors, dict) or not all(torch.is_tensor(t) for t in tensors.values()):
+        raise TinyLMError(f"{file}: not a state dict of tensors")
+    return tensors
+
+
+def check_size(config: Config, weights: dict[str, torch.Tensor], config_file: Path) -> None:
+    """Refuse a config that describes a far larger model than its weight files hold (a
+    typo of n_embd, n_layer or n_positions) before the model is allocated: counted on
+    the meta device, which allocates nothing."""
+    with torch.device("meta"):
+        wanted = GPT(config.model).num_parameters()
+    held = sum(t.numel() for t in weights.values())
+    # Slack: a tied output layer stored twice, or buffers stored as weights.
+    if wanted > 2 * held + 1_000_000:
+        raise TinyLMError(
+            f"{config_file}: describes a model of {wanted:,} parameters but its weights hold "
+            f"{held:,} values; the config does not match its weight files"
+        )
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:

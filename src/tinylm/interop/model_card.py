@@ -135,7 +135,7 @@ def _optimizer_facts(o: Any) -> str:
 
 
 def _evaluation_section(run: RunDir | None, step: int | None) -> str:
-    results = json.loads(run.eval_results.read_text()) if run and run.eval_results.is_file() else {}
+    results = run.read_eval_results() if run else {}
     # eval.json may hold results of an earlier checkpoint of the same run: not this model's.
     results = {k: r for k, r in results.items() if r.get("step") == step}
     if not results:

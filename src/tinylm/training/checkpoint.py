@@ -32,9 +32,16 @@ import safetensors.torch
 import torch
 
 from tinylm import __version__
-from tinylm.atomic import fsync_dir, replace_dir, temp_dir_beside, write_atomic
+from tinylm.atomic import (
+    fsync_dir,
+    remove_temporaries,
+    replace_dir,
+    temp_dir_beside,
+    write_atomic,
+)
 from tinylm.config import Config, config_from_dict
-from tinylm.errors import TinyLMError
+from tinylm.errors import TinyLMError, disk_full
+from tinylm.faults import kill_point
 from tinylm.model import GPT
 
 WEIGHTS = "model.safetensors"
@@ -63,7 +70,28 @@ def save_checkpoint(
     """Write one checkpoint directory whole or not at all (`state`: optimizer and RNG
     tensors, for resuming)."""
     tmp = temp_dir_beside(Path(path))
+    try:
+        _write_checkpoint(tmp, model, config, meta, state)
+        replace_dir(tmp, Path(path))
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # no .step-N.tmp-PID left (a full disk)
+        if disk_full(err):
+            raise TinyLMError(
+                f"{path}: disk full while writing the checkpoint; free some space, then run "
+                "the same command again (it resumes from the last complete checkpoint)"
+            ) from None
+        raise
+
+
+def _write_checkpoint(
+    tmp: Path,
+    model: torch.nn.Module,
+    config: Config,
+    meta: dict[str, Any],
+    state: dict[str, torch.Tensor] | None,
+) -> None:
     safetensors.torch.save_model(model, str(tmp / WEIGHTS))
+    kill_point("checkpoint:weights")
     if state:
         safetensors.torch.save_file(state, str(tmp / STATE))
     full_meta = {
@@ -78,7 +106,6 @@ def save_checkpoint(
         },
     }
     (tmp / META).write_text(json.dumps(json_safe(full_meta), indent=2) + "\n")
-    replace_dir(tmp, Path(path))
 
 
 def json_safe(value: Any) -> Any:
@@ -106,7 +133,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / META).read_text())
         config_from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:  # JSON, UTF-8, a missing key
         raise TinyLMError(f"{path / META}: damaged checkpoint metadata ({err})") from None
     return meta
 
@@ -234,19 +261,18 @@ class CheckpointStore:
 
     def clean_partial(self) -> None:
         """Remove temporary directories a crash mid-write left behind."""
-        if self.root.is_dir():
-            for p in self.root.iterdir():
-                if not (p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)):
-                    continue
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+        remove_temporaries(self.root)
+
+    def write(self, step: int, model: torch.nn.Module, config: Config, meta: dict,
+              state: dict[str, torch.Tensor]) -> Path:  # fmt: skip
+        """The step's checkpoint directory, not yet `latest` (see point)."""
+        path = self.root / f"step-{step:08d}"
+        save_checkpoint(path, model, config, meta, state)
+        return path
 
     def save(self, step: int, model: torch.nn.Module, config: Config, meta: dict,
              state: dict[str, torch.Tensor]) -> Path:  # fmt: skip
-        path = self.root / f"step-{step:08d}"
-        save_checkpoint(path, model, config, meta, state)
+        path = self.write(step, model, config, meta, state)
         self.point(LATEST, path)
         return path
 

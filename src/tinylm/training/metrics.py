@@ -13,21 +13,30 @@ from pathlib import Path
 from typing import Any
 
 from tinylm.atomic import write_atomic
+from tinylm.rundir import parse_metrics
 from tinylm.training.checkpoint import json_safe
 
 
 class MetricsLog:
-    def __init__(self, jsonl: Path, tensorboard_dir: Path | None, resume_step: int | None) -> None:
+    def __init__(
+        self,
+        jsonl: Path,
+        tensorboard_dir: Path | None,
+        resume_step: int | None,
+        resume_records: int | None = None,
+    ) -> None:
+        """resume_records: how many records the resumed checkpoint accounts for (its meta's
+        metrics_records); later ones were written after it (a final validation, say) and
+        will be written again. Older checkpoints lack it: records past their step go."""
+        self.records = 0
         if resume_step is not None and jsonl.is_file():
-            kept = []
-            for line in jsonl.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a run killed mid-write leaves at most one partial last line
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line + "\n")
-            write_atomic(jsonl, "".join(kept))
+            records = parse_metrics(jsonl)
+            if resume_records is not None:
+                kept = records[:resume_records]
+            else:
+                kept = [r for r in records if r.get("step", 0) <= resume_step]
+            write_atomic(jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+            self.records = len(kept)
         self.file = open(jsonl, "a" if resume_step is not None else "w")  # noqa: SIM115
         self.tb = None
         if tensorboard_dir is not None:
@@ -40,6 +49,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(json_safe(record)) + "\n")
         self.file.flush()
+        self.records += 1
         if self.tb is not None:
             for key, value in record.items():
                 if key not in ("kind", "step") and isinstance(value, int | float):

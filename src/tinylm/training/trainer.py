@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -41,7 +42,7 @@ import torch
 import yaml
 
 from tinylm import distributed
-from tinylm.atomic import write_atomic
+from tinylm.atomic import remove_temporaries, write_atomic
 from tinylm.config import Config, config_differences, config_from_dict, load_config
 from tinylm.data.dataset import PreparedDataset
 from tinylm.data.loader import BlockLoader
@@ -49,6 +50,8 @@ from tinylm.data.tokenizer import Tokenizer
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError, is_out_of_memory
 from tinylm.evaluate import EvalResult, evaluate
+from tinylm.faults import kill_point
+from tinylm.lock import hold_lock
 from tinylm.loss import chunked_next_token_loss
 from tinylm.model import GPT
 from tinylm.plots import plot_losses
@@ -104,14 +107,28 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
 
     An existing run is resumed from its latest checkpoint when `resume` is set or when
     its config is the same as this one (re-running a command continues it); otherwise
-    it is refused unless `overwrite`.
+    it is refused unless `overwrite`. One process trains a run at a time: rank 0 holds
+    the run's lock (tinylm.lock) for the whole command, and a second `tinylm train` on
+    the same --out is refused.
     """
     run = RunDir(Path(out))
+    if not distributed.env().is_main:  # ranks > 0 never write the run directory
+        return _train(config, run, overwrite, resume)
+    with hold_lock(run.path, "run"):
+        # Holding the lock, anything half-done here is a dead writer's: finish or undo it.
+        _recover_interrupted(run)
+        return _train(config, run, overwrite, resume)
+
+
+def _train(config: Config, run: RunDir, overwrite: bool, resume: bool) -> TrainResult:
     checkpoint = _resume_point(run, config, overwrite, resume)
     if checkpoint is not None and not resume:
         meta = read_meta(checkpoint)
         if meta.get("stop_reason") in FINISHED:
-            # Re-running a finished run's command (a sweep does) changes nothing.
+            # Re-running a finished run's command (a sweep does) changes nothing, except
+            # the loss plot a kill after the final checkpoint may have kept from being drawn.
+            if distributed.is_main() and not run.loss_plot.is_file():
+                plot_losses([run], run.loss_plot)
             _print(
                 f"{run.path}: finished already ({meta['stop_reason']} at step {meta['step']:,}); "
                 "nothing to do (--resume with a larger budget continues it)"
@@ -121,11 +138,13 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
     trainer = Trainer(config, run, checkpoint)  # validates everything before any write
     distributed.barrier()  # every rank has read the run directory before rank 0 changes it
     main = distributed.is_main()
-    # An earlier run being overwritten is kept aside until this one has its checkpoint.
-    previous = run.path.parent / f".{run.path.name}.previous-{os.getpid()}"
+    # An earlier run being overwritten is kept aside until this one has its checkpoint
+    # (a kill in between: the next command on this --out puts it back).
+    previous = _set_aside_path(run)
     if fresh and main:
         if run.path.exists():
             run.path.rename(previous)
+            kill_point("overwrite:set-aside")
         run.path.mkdir(parents=True)
     try:
         result = trainer.fit()
@@ -139,6 +158,34 @@ def train(config: Config, out: Path, overwrite: bool = False, resume: bool = Fal
         if main:
             shutil.rmtree(previous, ignore_errors=True)  # gone already if it was put back
     return result
+
+
+def _set_aside_path(run: RunDir) -> Path:
+    """Where --overwrite keeps the earlier run until the new one has a checkpoint."""
+    return run.path.parent / f".{run.path.name}.previous"
+
+
+def _recover_interrupted(run: RunDir) -> None:
+    """Undo or finish what a killed `tinylm train` on this run left half-done (under the
+    run's lock, so no live writer owns it): an --overwrite's set-aside earlier run comes
+    back unless the new run had reached its first checkpoint, and temporary files go."""
+    # `.RUN.previous-PID`: the name before the lock made the PID unneeded.
+    aside = re.compile(re.escape(f".{run.path.name}.previous") + r"(-[0-9]+)?")
+    for previous in sorted(run.path.parent.glob(f".{run.path.name}.previous*")):
+        if not previous.is_dir() or not aside.fullmatch(previous.name):
+            continue
+        if run.latest_checkpoint.exists():  # the new run took over: the old one is done
+            shutil.rmtree(previous, ignore_errors=True)
+            _print(f"note: removed {previous}, the earlier run an interrupted --overwrite "
+                   f"of {run.path} replaced")  # fmt: skip
+        else:
+            shutil.rmtree(run.path, ignore_errors=True)
+            previous.rename(run.path)
+            _print(f"note: {run.path}: restored the earlier run that an interrupted "
+                   "--overwrite had set aside (the new run had no checkpoint yet)")  # fmt: skip
+    if run.path.is_dir():  # the run's files, checkpoints/ and each checkpoint's files
+        for folder in (run.path, run.checkpoints, *run.checkpoints.glob("step-*")):
+            remove_temporaries(folder)
 
 
 def _finished_result(run: RunDir, meta: dict[str, Any]) -> TrainResult:
@@ -257,6 +304,7 @@ class Trainer:
             _print(f"note: the {config.data.val_split} split is empty; training without validation")
             self.val_tokens = None
 
+        _check_fits(config, self.device, self.world_size)  # before allocating the model
         self.model, self.optimizer = self._build_model_and_optimizer()
         self.scaler = grad_scaler(self.precision, self.device)  # fp16 only; a no-op otherwise
         # self.model is the GPT that is saved; self.wrapped the module a step calls (DDP's
@@ -284,6 +332,7 @@ class Trainer:
         self.train_seconds_before = self.elapsed_before = 0.0  # of earlier sessions
 
         self.resumed_from: int | None = None
+        self.resumed_records: int | None = None  # metrics records the checkpoint accounts for
         if resume_from is not None:
             self._resume(resume_from)
         distributed.seed_rank_rng(t.seed, self.step)  # ranks > 0: their own dropout
@@ -321,7 +370,10 @@ class Trainer:
             write_atomic(run.config, _config_yaml(self.config))
             self.store.clean_partial()
             self.metrics = MetricsLog(
-                run.metrics, run.tensorboard if t.tensorboard else None, self.resumed_from
+                run.metrics,
+                run.tensorboard if t.tensorboard else None,
+                self.resumed_from,
+                self.resumed_records,
             )
         what = f"resumed at step {self.step:,}" if self.resumed_from is not None else "run"
         world = self.world_size
@@ -372,13 +424,17 @@ class Trainer:
             if self.step:
                 # The final validation (unless this step had one); a signal saves at once,
                 # as a preempted job may have only seconds left.
-                self._save(best=stop_reason != "signal" and self._validate())
+                improved = stop_reason != "signal" and self._validate()
+                kill_point("end:validated")
+                self._save(best=improved)
+                kill_point("end:saved")
         finally:
             _restore_signal_handlers(previous_handlers)
             if self.metrics is not None:
                 self.metrics.close()
         if main:
-            plot_losses([run], run.loss_plot)
+            plot_losses([run], run.loss_plot)  # redrawn by a rerun if a kill prevents it
+            kill_point("end:plotted")
         return TrainResult(
             run,
             self.step,
@@ -555,17 +611,26 @@ class Trainer:
             self.saved_step = self.step
         if not distributed.is_main():
             return
+        # The order makes `latest` (or, for the same step, its meta) the commit point: a
+        # kill before it resumes from the previous checkpoint, one after it finds the
+        # checkpoint whole, `best` included (see docs/run-directory.md, "Kills").
         if new:
             rng_json, rng_tensors = capture_rng()  # rank 0's generators (see _resume)
             meta["rng"] = rng_json
             state = {**moments, **rng_tensors}
-            path = self.store.save(self.step, model, self.config, meta, state)
+            path = self.store.write(self.step, model, self.config, meta, state)
+            kill_point("checkpoint:written")
         else:  # same tensors: only the metadata moves on
-            path = self.store.target("latest")
+            path = self.store.target(LATEST)
             assert path is not None
-            self.store.rewrite_meta(path, self.config, meta)
         if best:
             self.store.point(BEST, path)
+            kill_point("checkpoint:best")
+        if new:
+            self.store.point(LATEST, path)
+        else:
+            self.store.rewrite_meta(path, self.config, meta)
+        kill_point("checkpoint:committed")
         self.store.prune()
 
     def _full_state(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -598,6 +663,8 @@ class Trainer:
             "dataset": str(self.dataset.path),
             "tokenizer": {"name": self.tokenizer.name, "fingerprint": self.tokenizer.fingerprint},
             "num_parameters": self.model.num_parameters(),
+            # metrics.jsonl records this checkpoint accounts for: a resume drops later ones
+            "metrics_records": self.metrics.records if self.metrics is not None else None,
             "interrupted": bool(self.stop_signal),
             "stop_reason": self.stop_reason,
             "trainer": {
@@ -664,6 +731,7 @@ class Trainer:
         self.train_seconds_before = meta["train_seconds"]
         self.elapsed_before = meta["elapsed_s"]
         self.resumed_from = self.step
+        self.resumed_records = meta.get("metrics_records")
 
     # --- signals, progress, records ---------------------------------------------------
 
@@ -744,6 +812,44 @@ def _planned_steps(config: Config, batches_per_epoch: int, accum: int) -> int:
         tokens_per_step = t.batch_size * t.grad_accum * config.model.block_size
         limits.append(math.ceil(t.max_tokens / tokens_per_step))
     return min(limits) if limits else sys.maxsize  # time budget only
+
+
+def _training_bytes_per_parameter(optimizer: str) -> int:
+    """fp32 weights and gradients, and the optimizer's moments (AdamW two, Muon one): the
+    floor of training memory per parameter, before any activation."""
+    return 4 + 4 + (4 if optimizer == "muon" else 8)
+
+
+def _check_fits(config: Config, device: torch.device, world_size: int) -> None:
+    """Refuse a model whose weights, gradients and AdamW state alone exceed the memory
+    this device has free (a typo of n_embd or n_layer), before anything is allocated:
+    the parameters are counted on the meta device. FSDP shards them over the processes."""
+    with torch.device("meta"):
+        parameters = GPT(config.model).num_parameters()
+    shards = world_size if config.train.parallel == "fsdp" else 1
+    needed = parameters * _training_bytes_per_parameter(config.optim.optimizer) / shards
+    free = _free_memory(device)
+    if free is not None and needed > free:
+        raise TinyLMError(
+            f"the model has {parameters:,} parameters: its weights, gradients and optimizer "
+            f"state need {needed / 2**30:,.1f} GiB per process, more than the "
+            f"{free / 2**30:,.1f} GiB free on {device}; lower model.n_embd, model.n_layer "
+            "or model.vocab_size"
+        )
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free on the device (CPU: MemAvailable), None where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return None
 
 
 def _cpu_model(config: Config) -> GPT:
