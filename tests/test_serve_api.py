@@ -296,3 +296,17 @@ def test_load_32_clients_no_failures_healthy_after_memory_flat(tiny_run):
     result = json.loads(done.stdout)
     assert done.returncode == 0 and result["passed"], done.stdout + done.stderr[-2000:]
     assert result["failed"] == 0 and result["health_after"]["active"] == 0
+
+
+def test_serve_command_refuses_a_busy_port_in_one_line(tiny_run, capsys):
+    import socket
+
+    from tinylm.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(tiny_run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinylm serve: error: cannot listen on 127.0.0.1:") and "\n" not in err

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from tinylm.serve.app import ServeConfig
-        from tinylm.serve.server import load_models, serve
+        from tinylm.serve.server import check_listen, load_models, serve
     except ImportError as err:
         raise TinyLMError(
             f"tinylm serve needs {err.name}; install the extra: pip install 'tinylm[serve]'"
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
     )
     config.check()
+    check_listen(config.host, config.port)
     models = load_models(args.runs, args.device, args.precision)
     names = ", ".join(f"{m.name} ({m.run.checkpoint.path}, {m.run.precision})" for m in models)
     print(f"serving {names}")

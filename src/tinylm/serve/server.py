@@ -6,6 +6,7 @@ background thread on a free port of 127.0.0.1, for tests and benchmarks.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,21 @@ def load_models(
         run.tokenizer  # noqa: B018 -- read now: a missing dataset is an error at startup
         models[name] = ServedModel(name, run)
     return list(models.values())
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on (port in use,
+    unknown host), before any run is loaded."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as err:
+        raise TinyLMError(
+            f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port "
+            "or --host, or stop what uses it"
+        ) from None
 
 
 def build(models: list[ServedModel], config: ServeConfig):
