@@ -42,3 +42,36 @@ def test_bits_per_byte_with_gpt2_bytes(tiny_run, wiki_data):
     r = evaluate(ckpt.model, ds.tokens("val"), 32, 16, torch.device("cpu"), tok.token_bytes)
     # English GPT-2 tokens average ~4.5 bytes, so bits/byte ≈ loss / ln2 / 4.5.
     assert 3.5 < r.loss / math.log(2) / r.bits_per_byte < 5.5
+
+
+def test_batch_size_and_precision_leave_the_numbers(small_model_config):
+    """The blocks evaluated depend on max_batches alone, not on the batch they run in; bf16
+    autocast stays within 1e-2 of fp32 (its logits round to 8 bits of mantissa)."""
+    torch.manual_seed(0)
+    model = GPT(small_model_config)
+    tokens = np.random.default_rng(1).integers(0, 64, size=32 * 40 + 5).astype(np.uint16)
+    cpu = torch.device("cpu")
+    whole = evaluate(model, tokens, 32, batch_size=3, device=cpu)
+    auto = evaluate(model, tokens, 32, device=cpu)  # batch 0: as many as fit
+    assert auto.tokens == whole.tokens == len(tokens) - 41
+    assert math.isclose(auto.loss, whole.loss, rel_tol=1e-6)
+    first = evaluate(model, tokens, 32, batch_size=4, device=cpu, max_batches=3)
+    assert first.tokens == 3 * 4 * 31  # the first 12 blocks, no tail
+    by_hand = evaluate(model, tokens[: 12 * 32], 32, batch_size=5, device=cpu)
+    assert math.isclose(first.loss, by_hand.loss, rel_tol=1e-6)
+    bf16 = evaluate(model, tokens, 32, device=cpu, precision="bf16")
+    assert bf16.tokens == whole.tokens and abs(bf16.loss - whole.loss) < 1e-2 * whole.loss
+    assert model.training  # evaluate restores the mode it found
+
+
+def test_long_splits_show_progress(small_model_config, capsys, monkeypatch):
+    import tinylm.evaluate as ev
+
+    model = GPT(small_model_config)
+    tokens = np.zeros(32 * 20, dtype=np.uint16)
+    evaluate(model, tokens, 32, device=torch.device("cpu"))
+    assert "tok" not in capsys.readouterr().err  # short: no bar
+    monkeypatch.setattr(ev, "PROGRESS_TOKENS", 100)
+    evaluate(model, tokens, 32, device=torch.device("cpu"), desc="eval val")
+    err = capsys.readouterr().err
+    assert "eval val" in err and "640/640" in err and "tok/s" in err

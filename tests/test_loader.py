@@ -100,3 +100,39 @@ def test_blocks_cross_shard_boundaries_in_a_token_array():
     assert sorted(blocks[:, 0].tolist()) == [0, 5, 10, 15]
     assert torch.equal(blocks - blocks[:, :1], torch.arange(5).expand(4, 5))
     assert torch.cat(list(eval_batches(tokens, 5, 3))).flatten().tolist() == list(range(20))
+
+
+def test_prefetcher_gives_the_loaders_stream_and_position():
+    """Read ahead in a thread, the batches and the saved position are the plain loader's;
+    a position moved under it (a resume) drops the batch read ahead."""
+    from tinylm.data.loader import Prefetcher
+
+    tokens = np.arange(40 * 4, dtype=np.uint16)  # 40 blocks of 4: 4 batches of 10 per epoch
+    plain = BlockLoader(tokens, 4, 10, seed=5)
+    ahead = Prefetcher(BlockLoader(tokens, 4, 10, seed=5), torch.device("cpu"))
+    try:
+        for _ in range(6):  # across an epoch end
+            assert torch.equal(ahead.next_batch(), plain.next_batch())
+            assert ahead.loader.state_dict() == plain.state_dict()
+        state = BlockLoader(tokens, 4, 10, seed=5)
+        for _ in range(2):
+            state.next_batch()
+        ahead.loader.load_state_dict(state.state_dict())  # back to batch 2 of epoch 0
+        assert torch.equal(ahead.next_batch(), state.next_batch())
+    finally:
+        ahead.close()
+
+
+@pytest.mark.parametrize("n_tokens", [40 * 4 + 3, 23 * 4 + 3, 24 * 4 + 3, 10 * 4 + 1])
+@pytest.mark.parametrize("max_batches", [0, 1, 3])
+def test_eval_prefix_holds_what_the_first_batches_read(n_tokens, max_batches):
+    """Evaluation may run the first max_batches batches in any batch size: the prefix holds
+    exactly their tokens (the tail only where eval_batches reaches it)."""
+    from tinylm.data.loader import eval_prefix
+
+    tokens = np.arange(n_tokens, dtype=np.uint16)
+    want = torch.cat([b.flatten() for b in eval_batches(tokens, 4, 8, max_batches)])
+    prefix = eval_prefix(tokens, 4, 8, max_batches)
+    for batch_size in (1, 5, 100):
+        got = torch.cat([b.flatten() for b in eval_batches(prefix, 4, batch_size)])
+        assert torch.equal(got, want)

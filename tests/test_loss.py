@@ -180,3 +180,15 @@ def test_fp16_weight_gradient_does_not_overflow_on_repeated_targets():
     assert torch.isfinite(grads[torch.float16]).all()
     assert grads[torch.float32].abs().max() > 65504 / 1024  # the fp16 sum would overflow
     torch.testing.assert_close(grads[torch.float16], grads[torch.float32], rtol=2e-2, atol=1e-2)
+
+
+def test_output_layer_chunks_adapt_to_the_vocabulary():
+    """On a CPU: 256 positions per chunk at GPT-2's vocabulary (the measured best), a whole
+    16x128 batch in one chunk at 256 byte tokens; never more positions than there are."""
+    from tinylm.loss import chunk_positions
+
+    cpu = torch.device("cpu")
+    assert chunk_positions(32 * 127, 50257, cpu, torch.bfloat16) == 256
+    assert chunk_positions(16 * 127, 256, cpu, torch.float32) == 16 * 127
+    assert chunk_positions(10, 256, cpu, torch.float32) == 10
+    assert chunk_positions(10**6, 10**9, cpu, torch.float32) == 1

@@ -67,3 +67,13 @@ def test_trainer_runs_in_bf16_and_records_it(wiki_data, tmp_path, capsys):
     assert main([*args, "train.precision=bf16", "--out", str(out)]) == 0
     assert "(bf16)" in capsys.readouterr().err
     assert "precision: bf16" in (out / "config.yaml").read_text()
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
+    from torch._inductor import config as inductor
+
+    from tinylm.precision import maybe_compile
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
+    with pytest.raises(TinyLMError, match="needs a C\\+\\+ compiler"):
+        maybe_compile(torch.nn.Linear(2, 2), True)

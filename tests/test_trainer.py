@@ -181,6 +181,33 @@ def test_non_finite_steps_are_skipped_and_counted(wiki_data, tmp_path, monkeypat
     assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
 
 
+def test_numbers_are_read_at_log_steps_and_bad_steps_still_recorded(
+    wiki_data, tmp_path, monkeypatch
+):
+    """With log_interval 4 the loss is read from the device every 4th step: records at 4
+    and 8, plus one for the poisoned step 3 (skipped on the device, counted when read)."""
+    reads = []
+    real = Trainer._read_steps
+
+    def counted(self, through=None):
+        reads.append(self.step)
+        return real(self, through)
+
+    monkeypatch.setattr(Trainer, "_read_steps", counted)
+    poison(monkeypatch, nan_loss_steps={3})
+    cfg = tiny_config(wiki_data, "train.max_steps=8", "train.eval_interval=0",
+                      "train.batch_size=4", "train.log_interval=4")  # fmt: skip
+    train(cfg, tmp_path / "run")
+    records = [r for r in metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [3, 4, 8]
+    assert records[0]["loss"] is None and records[0]["skipped_steps"] == 1
+    assert records[1]["skipped_steps"] == records[2]["skipped_steps"] == 1
+    assert set(reads[: reads.index(8)]) == {4}  # no read between log steps
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.meta["trainer"]["skipped_steps"] == 1
+    assert len(ckpt.meta["trainer"]["recent_losses"]) == 7  # every finite step's loss
+
+
 def test_too_many_non_finite_steps_stop_with_a_usable_checkpoint(wiki_data, tmp_path, monkeypatch):
     poison(monkeypatch, nan_loss_steps=set(range(4, 100)))
     cfg = tiny_config(

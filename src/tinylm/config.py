@@ -98,6 +98,8 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu2", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Autocast precision of training and evaluation (tinylm.precision says what each means)."""
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 """Weights' precision for generate/serve; auto: fp32 on a CPU (faster than bf16 at batch 1
 there, bench/RESULTS.md), the training precision on a GPU."""
@@ -327,7 +329,7 @@ LIMITS: dict[str, Limit] = {
     "train.seed": Limit(0, 2**32 - 1),  # numpy's seed range
     "train.num_threads": Limit(0, 2**16),
     "train.device": Limit(pattern=r"auto|cpu|cuda(:[0-9]+)?"),
-    "train.precision": Limit(choices=("auto", "fp32", "bf16", "fp16")),
+    "train.precision": Limit(choices=PRECISIONS),
     "train.parallel": Limit(choices=("ddp", "fsdp")),
 }
 """Per `section.field`: the range of a number, the choices of a string."""

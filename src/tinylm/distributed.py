@@ -147,13 +147,14 @@ def all_reduce(values: list[float], op: str = "sum", device: torch.device | None
     return t.tolist()
 
 
-def mean_over_ranks(value: torch.Tensor) -> float:
-    """The mean of one scalar over all ranks (equal-sized shares: the global-batch mean)."""
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of one scalar over all ranks (equal-sized shares: the global-batch mean),
+    as a 0-dim tensor on its device: nothing waits for it until someone reads it."""
     if not dist.is_initialized():
-        return value.item()
+        return value.detach()
     t = value.detach().to(torch.float64).reshape(1)
     dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+    return (t / dist.get_world_size()).reshape(())
 
 
 def seed_rank_rng(seed: int, step: int) -> None:
@@ -241,15 +242,16 @@ def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
             wrapped.set_requires_gradient_sync(True)
 
 
-def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """Clip by the norm of all gradients of the whole model, which for FSDP2's sharded
-    (DTensor) gradients needs the shards' partial norms combined over ranks."""
+    (DTensor) gradients needs the shards' partial norms combined over ranks. Returns the
+    norm before clipping as a 0-dim tensor on the device (no host sync)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     total = torch.nn.utils.get_total_norm(grads)
     if hasattr(total, "full_tensor"):  # a DTensor: sum of squares still partial per rank
         total = total.full_tensor()
     torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
-    return float(total)
+    return total
 
 
 # --- full (consolidated) state for checkpoints ----------------------------------------

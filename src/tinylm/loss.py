@@ -21,9 +21,29 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_SIZE = 256
-"""Positions per output-layer chunk: 256×50257 logits (25 MB bf16, 51 MB fp32). Larger
-chunks touch more memory per pass; smaller ones add their part into the V×C weight
-gradient more often (`bench/bench.py --sections chunks` measures the trade)."""
+"""Positions per output-layer chunk on a CPU with GPT-2's vocabulary: 256×50257 logits (25
+MB bf16, 51 MB fp32). Larger chunks touch more memory per pass; smaller ones add their part
+into the V×C weight gradient more often (`bench/bench.py --sections chunks` measures the
+trade). `chunk_positions` keeps this many logits per chunk for any vocabulary."""
+CPU_CHUNK_LOGITS = CHUNK_SIZE * 50257
+"""Logits per chunk on a CPU (12.9M): a small vocabulary gets proportionally more positions,
+e.g. all 2,032 of a 16×128 batch at 256 byte tokens, one matmul instead of eight."""
+GPU_MEMORY_SHARE = 0.25
+"""On a GPU, chunk buffers (logits, fp32 log-probabilities and the gradient) may use this
+share of the free memory; the whole batch in one chunk whenever they fit."""
+
+
+def chunk_positions(n: int, vocab_size: int, device: torch.device, dtype: torch.dtype) -> int:
+    """Positions per output-layer chunk for `n` positions: all of them when their logits fit
+    the device's budget (one matmul and one softmax, no Python loop), else as many as do."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        per_position = vocab_size * (torch.finfo(dtype).bits // 8 + 4 + 4)  # logits, logp, grad
+        budget = int((free + cached) * GPU_MEMORY_SHARE) // per_position
+    else:
+        budget = CPU_CHUNK_LOGITS // vocab_size
+    return max(1, min(n, max(budget, 1)))
 
 
 def next_token_loss(
@@ -50,7 +70,7 @@ def chunked_next_token_loss(
     model: torch.nn.Module,
     tokens: torch.Tensor,
     reduction: str = "mean",
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int = 0,
 ) -> torch.Tensor:
     """`next_token_loss(model(tokens), tokens, reduction)` without the full logits.
 
@@ -58,16 +78,19 @@ def chunked_next_token_loss(
     model(tokens, return_hidden=True), so wrappers see a normal forward. Under autocast
     the output-layer matmuls run in the autocast dtype, softmax and sums in fp32.
     reduction "none" ((B, T-1) nats) is for evaluation and carries no gradient.
+    chunk_size: positions per output-layer chunk; 0 lets `chunk_positions` choose.
     """
     B, T = tokens.shape
-    if _unwrap(model).config.logit_softcap > 0:  # the fused kernel knows no soft-cap: the
+    if unwrap(model).config.logit_softcap > 0:  # the fused kernel knows no soft-cap: the
         return next_token_loss(model(tokens), tokens, reduction)  # plain path, full logits
     hidden = model(tokens, return_hidden=True)  # (B, T, C)
-    weight = _unwrap(model).lm_head.weight  # (V, C)
+    weight = unwrap(model).lm_head.weight  # (V, C)
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])  # (N, C), N = B*(T-1): position t ...
     targets = tokens[:, 1:].reshape(-1)  # (N,) ... predicts token t+1
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    if chunk_size <= 0:
+        chunk_size = chunk_positions(h.shape[0], weight.shape[0], h.device, dtype)
     if reduction == "none":
         with torch.no_grad():
             return _chunk_losses(h, weight, targets, chunk_size, dtype).view(B, T - 1)
@@ -79,7 +102,7 @@ def chunked_next_token_loss(
     raise ValueError(f"unknown reduction {reduction!r}; use mean, sum or none")
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The GPT inside torch.compile's and DDP's wrappers."""
     while True:
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
@@ -91,15 +114,33 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def _chunk_losses(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Per-position nats (N,), fp32, a chunk of positions at a time (no gradients)."""
-    w = weight.to(dtype)
-    out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-    for i in range(0, h.shape[0], chunk):
-        logits = h[i : i + chunk].to(dtype) @ w.T  # (n, V)
-        out[i : i + chunk] = F.cross_entropy(
-            logits.float(), targets[i : i + chunk], reduction="none"
-        )
+    """Per-position nats (N,), fp32, a chunk of positions at a time (no gradients), in
+    chunk-sized buffers reused by every chunk (as _LinearCrossEntropy's forward)."""
+    N, V = h.shape[0], weight.shape[0]
+    chunk = min(chunk, N)
+    with torch.autocast(h.device.type, enabled=False):
+        w = weight.to(dtype)  # (V, C)
+        logits = torch.empty(chunk, V, dtype=dtype, device=h.device)
+        logp = torch.empty(chunk, V, dtype=torch.float32, device=h.device)
+        out = torch.empty(N, dtype=torch.float32, device=h.device)
+        for i in range(0, N, chunk):
+            h_c, t_c = h[i : i + chunk].to(dtype), targets[i : i + chunk]  # (n, C), (n,)
+            n = len(t_c)
+            torch.mm(h_c, w.T, out=logits[:n])  # (n, V)
+            _log_softmax_fp32(logits[:n], logp[:n])
+            out[i : i + n] = logp[:n].gather(1, t_c[:, None]).squeeze(1).neg_()
     return out
+
+
+def _log_softmax_fp32(logits: torch.Tensor, out: torch.Tensor) -> None:
+    """out = log_softmax(logits) in fp32 (n, V). From bf16/fp16 logits: convert, then
+    log-softmax in place. The same numbers, bit for bit, as log_softmax(dtype=float32),
+    whose mixed-dtype CPU kernel is several times slower (4.2x for 256x50257,
+    bench/log_softmax_ab.py; on a GPU the fused cast is the faster one)."""
+    if logits.dtype == torch.float32 or logits.device.type == "cuda":
+        torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=out)
+    else:
+        torch.log_softmax(out.copy_(logits), dim=-1, out=out)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -134,7 +175,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 n = len(t_c)
                 rows = torch.arange(n, device=h.device)
                 torch.mm(h_c, w.T, out=logits[:n])  # (n, V)
-                torch.log_softmax(logits[:n], dim=-1, dtype=torch.float32, out=logp[:n])
+                _log_softmax_fp32(logits[:n], logp[:n])
                 total -= logp[rows, t_c].sum()
                 if need_grad:
                     p = logp[:n].exp_()  # softmax, in place (n, V)

@@ -16,9 +16,9 @@ import contextlib
 
 import torch
 
+from tinylm.config import PRECISIONS
 from tinylm.errors import TinyLMError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -57,9 +57,23 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """torch.compile(model) when asked. The first steps pay for compiling (on a CPU a C++
-    compiler must be installed); see docs/model.md."""
-    return torch.compile(model) if enabled else model
+    """torch.compile(model) when asked. The first step pays for compiling (docs/training.md
+    has the measured cost); on a CPU Inductor needs a C++ compiler, checked here so that a
+    missing one is a clear error before the run starts, not a traceback at its first step."""
+    if not enabled:
+        return model
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception:  # its own exception types vary between torch versions
+            raise TinyLMError(
+                "train.compile=true on a CPU needs a C++ compiler (g++ or clang++, or $CXX); "
+                "install one or set train.compile=false"
+            ) from None
+    return torch.compile(model)
 
 
 def configure_threads(num_threads: int) -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tinylm.commands.options import add_checkpoint_args, number
-from tinylm.config import COUNT, Limit
+from tinylm.config import COUNT, PRECISIONS, Limit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +21,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="dataset directory (default: the one it trained on)")
     p.add_argument(
         "--batch-size",
-        type=number(int, Limit(1, COUNT)),
-        default=32,
-        help="blocks per forward pass (default: 32)",
+        type=number(int, Limit(0, COUNT)),
+        default=0,
+        help="blocks per forward pass (default 0: chosen for the device, 128 blocks of 128 "
+        "on a CPU)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="autocast precision of the forward passes (default auto: bf16 where the device "
+        "has native bf16 matmuls, else fp32 on a CPU; the sums are fp32/fp64 in any case)",
     )
     p.set_defaults(func=run)
 
@@ -50,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             loaded.device,
             tokenizer.token_bytes,
+            precision=args.precision,
+            desc=f"eval {split}",
         )
         # Results on another dataset than the run's own are kept apart from its val/test.
         key = split if own_data else f"{dataset.path}:{split}"

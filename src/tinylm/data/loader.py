@@ -21,7 +21,9 @@ batches, so repeated measurements use identical data.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -54,7 +56,9 @@ class BlockLoader:
         self.num_blocks = len(tokens) // block_size
         self.epoch = 0
         self.batch_in_epoch = 0
-        self._order: np.ndarray | None = None
+        self._order: np.ndarray | None = None  # the order of epoch _order_epoch
+        self._order_epoch = -1
+        self._lock = threading.Lock()  # a Prefetcher reads batches from its own thread
 
     @property
     def blocks_per_rank(self) -> int:
@@ -77,18 +81,26 @@ class BlockLoader:
 
     def next_batch(self) -> torch.Tensor:
         """The next (B, block_size) int64 batch; moves to a new shuffled epoch when one ends."""
+        epoch, index = self.position()
+        batch = self.batch_at(epoch, index)
+        self.epoch, self.batch_in_epoch = epoch, index + 1
+        return batch
+
+    def position(self) -> tuple[int, int]:
+        """(epoch, batch index) of the batch next_batch() returns next."""
         if self.batch_in_epoch >= self.batches_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            self._order = None
-        if self._order is None:
-            # Derived from (seed, epoch): resumable without saving the permutation.
-            self._order = self.epoch_starts(self.epoch)
-        start = self.batch_in_epoch * self.batch_size
-        self.batch_in_epoch += 1
-        return gather_windows(
-            self.tokens, self._order[start : start + self.batch_size], self.block_size
-        )
+            return self.epoch + 1, 0
+        return self.epoch, self.batch_in_epoch
+
+    def batch_at(self, epoch: int, index: int) -> torch.Tensor:
+        """Batch `index` of `epoch` (a pure function of the position; thread-safe)."""
+        with self._lock:
+            if self._order is None or self._order_epoch != epoch:
+                # Derived from (seed, epoch): resumable without saving the permutation.
+                self._order, self._order_epoch = self.epoch_starts(epoch), epoch
+            order = self._order
+        start = index * self.batch_size
+        return gather_windows(self.tokens, order[start : start + self.batch_size], self.block_size)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that fixes the stream from here on (JSON-serialisable)."""
@@ -137,6 +149,60 @@ class BlockLoader:
         self._order = None
 
 
+class Prefetcher:
+    """A BlockLoader's batches on `device`, each read one batch ahead in a background
+    thread (pinned and copied without blocking on CUDA), so a step never waits for its data.
+
+    The loader's position (what a checkpoint saves) moves only when a batch is taken: a
+    batch read ahead for a position the loader has left (a resume moved it) is dropped.
+    """
+
+    def __init__(self, loader: BlockLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tinylm-prefetch")
+        self._ahead: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
+
+    def next_batch(self) -> torch.Tensor:
+        """The loader's next (B, T) batch, on the device."""
+        loader = self.loader
+        position = loader.position()
+        if self._ahead is not None and self._ahead[0] == position:
+            batch = self._ahead[1].result()
+        else:
+            batch = self._load(position)
+        loader.epoch, loader.batch_in_epoch = position[0], position[1] + 1
+        following = loader.position()
+        self._ahead = following, self._pool.submit(self._load, following)
+        return batch
+
+    def _load(self, position: tuple[int, int]) -> torch.Tensor:
+        batch = self.loader.batch_at(*position)
+        if self.device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._ahead = None
+
+
+def prefetched(batches: Iterator[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
+    """`batches` on `device`, each read (and on CUDA pinned and copied) one ahead in a
+    background thread."""
+
+    def load(it: Iterator[torch.Tensor]) -> torch.Tensor | None:
+        batch = next(it, None)
+        if batch is None or device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(device, non_blocking=True)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="tinylm-prefetch") as pool:
+        ahead = pool.submit(load, batches)
+        while (batch := ahead.result()) is not None:
+            ahead = pool.submit(load, batches)
+            yield batch
+
+
 def eval_batches(
     tokens: np.ndarray, block_size: int, batch_size: int, max_batches: int = 0
 ) -> Iterator[torch.Tensor]:
@@ -152,6 +218,17 @@ def eval_batches(
     tail = tokens[num_blocks * block_size :]
     if len(tail) >= 2 and not (max_batches and batches >= max_batches):
         yield torch.from_numpy(np.asarray(tail).astype(np.int64)).unsqueeze(0)  # (1, T_tail)
+
+
+def eval_prefix(tokens: np.ndarray, block_size: int, batch_size: int, max_batches: int
+                ) -> np.ndarray:  # fmt: skip
+    """The tokens eval_batches(tokens, block_size, batch_size, max_batches) reads, as a
+    prefix that eval_batches(..., max_batches=0) reads whole with any batch size: the
+    first max_batches * batch_size blocks, and the tail only if fewer batches came before it."""
+    num_blocks = len(tokens) // block_size
+    if not max_batches or math.ceil(num_blocks / batch_size) < max_batches:
+        return tokens
+    return tokens[: min(num_blocks, max_batches * batch_size) * block_size]
 
 
 def gather_windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> torch.Tensor:

@@ -45,7 +45,7 @@ from tinylm import distributed
 from tinylm.atomic import remove_temporaries, write_atomic
 from tinylm.config import Config, config_differences, config_from_dict, load_config
 from tinylm.data.dataset import PreparedDataset
-from tinylm.data.loader import BlockLoader
+from tinylm.data.loader import BlockLoader, Prefetcher, eval_prefix
 from tinylm.data.tokenizer import Tokenizer
 from tinylm.device import resolve_device
 from tinylm.errors import TinyLMError, is_out_of_memory
@@ -343,6 +343,16 @@ class Trainer:
         self.eval_seconds = 0.0  # excluded from tokens/s, which measures training alone
         self.stop_signal = 0
         self.stop_reason: str | None = None  # set when the loop ends; saved in the last meta
+        # The hot loop's own state (see _step and _read_steps).
+        self.pending: list[_PendingStep] = []
+        self.pending_log_step: int | None = None  # the first pending step due a record
+        self.read_lag = 1 if self.device.type == "cuda" else 0
+        self.skip_on_device = (
+            _skips_on_device(self.optimizer)
+            and not self.scaler.is_enabled()
+            and not distributed.is_sharded(self.model)  # DTensor parameters: not tried
+        )
+        self.numbers_read = False
 
     # --- the two pieces a performance change replaces -----------------------------------
 
@@ -394,6 +404,7 @@ class Trainer:
         deadline = self.start + budget_s
         bar_total = planned_steps if planned_steps < sys.maxsize else None
         self.model.train()
+        self.batches = Prefetcher(self.loader, self.device)
         previous_handlers = _install_signal_handlers(self._on_signal)
         try:
             with progress(bar_total, "train", "step", initial=self.step, disable=not main) as bar:
@@ -418,6 +429,8 @@ class Trainer:
                         _print(f"{name} at step {self.step}: saving a checkpoint")
                         break
                     self._update_bar(bar, deadline)
+                self._read_steps()
+                self._update_bar(bar, deadline, advance=False)
                 bar.total = self.step  # the budget that ended the run may not be the planned one
                 bar.refresh()
             self.stop_reason = stop_reason
@@ -429,6 +442,7 @@ class Trainer:
                 self._save(best=improved)
                 kill_point("end:saved")
         finally:
+            self.batches.close()
             _restore_signal_handlers(previous_handlers)
             if self.metrics is not None:
                 self.metrics.close()
@@ -474,12 +488,13 @@ class Trainer:
         return agreed
 
     def _step(self) -> None:
-        """One optimizer step over grad_accum micro-batches, and its metrics record."""
+        """One optimizer step over grad_accum micro-batches. Its loss, gradient norm and
+        finiteness stay on the device: _read_steps reads them at log steps."""
         accum = self.accum
         self.optimizer.zero_grad(set_to_none=True)
         losses, tokens = [], 0
         for i in range(accum):
-            batch = self.loader.next_batch().to(self.device)  # (B, T), B = this rank's share
+            batch = self.batches.next_batch()  # (B, T) on the device, B = this rank's share
             try:
                 # Ranks exchange gradients once per step, on its last micro-batch.
                 with distributed.gradient_sync(self.wrapped, i == accum - 1):
@@ -508,51 +523,98 @@ class Trainer:
         self.tokens_seen += tokens
         self.session_tokens += tokens
         lr = self.schedule.lr_for(self.step, self.tokens_seen, self._schedule_seconds())
-        finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
-        # fp16 only: gradients that overflow the loss scale are GradScaler's routine signal
-        # to lower the scale, not a sign the run is failing; the update is skipped uncounted
-        # while the scale is still >= 1 (16 halvings from its start). Below that the
-        # gradients are non-finite on their own, and such steps count as skipped.
-        overflow = (
-            self.scaler.is_enabled()
-            and math.isfinite(step_loss)
-            and not finite
-            and self.scaler.get_scale() >= 1.0
-        )
-        if finite:
-            for group in self.optimizer.param_groups:  # Muon's peak is its own: lr_scale
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            self.scaler.step(self.optimizer)
-            self.loss = step_loss
-            self.recent_losses.append(step_loss)
-        elif overflow:
-            pass
-        else:
-            self.skipped_steps += 1
-            _print(f"step {self.step}: non-finite loss or gradient norm; update skipped "
-                   f"({self.skipped_steps} so far)")  # fmt: skip
-        self.scaler.update()
-        finite = finite or overflow
-        if (
-            self.step % self.config.train.log_interval == 0
-            or self.step == self.planned_steps
-            or not finite
-        ):
-            loader = self.loader
-            self._record(
-                kind="train",
-                epoch=loader.epoch + loader.batch_in_epoch / loader.batches_per_epoch,
-                loss=step_loss,
-                lr=lr,
-                grad_norm=grad_norm,
-                tokens_per_s=self._rate(),
-                skipped_steps=self.skipped_steps,
+        for group in self.optimizer.param_groups:  # Muon's peak is its own: lr_scale
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
+        values = torch.stack([step_loss.double(), grad_norm.double(), finite.double()])  # (3,)
+        overflow = read_now = False
+        if self.skip_on_device:
+            # A non-finite step is skipped inside the fused AdamW kernel (weights, moments
+            # and its step count untouched), so no host decision waits for the device.
+            self.optimizer.found_inf = 1.0 - values[2].float()  # type: ignore[attr-defined]
+            self.optimizer.step()
+            del self.optimizer.found_inf  # type: ignore[attr-defined]
+        else:  # an optimizer without that switch, or fp16's GradScaler: decide on the host
+            step_loss_f, _, ok = values.tolist()
+            # fp16 only: gradients that overflow the loss scale are GradScaler's routine
+            # signal to lower the scale, not a sign the run is failing; the update is skipped
+            # uncounted while the scale is still >= 1 (16 halvings from its start). Below
+            # that the gradients are non-finite on their own, and such steps count as skipped.
+            overflow = (
+                self.scaler.is_enabled()
+                and math.isfinite(step_loss_f)
+                and not ok
+                and self.scaler.get_scale() >= 1.0
             )
-        if self.skipped_steps >= self.config.train.max_skipped_steps > 0 and not finite:
+            if ok:
+                self.scaler.step(self.optimizer)
+            read_now = not ok
+        self.scaler.update()
+        loader = self.loader
+        log = self.step % self.config.train.log_interval == 0 or self.step == self.planned_steps
+        self.pending.append(
+            _PendingStep(
+                values,
+                overflow,
+                log,
+                {
+                    "step": self.step,
+                    "tokens": self.tokens_seen,
+                    "elapsed_s": self._elapsed(),
+                    "epoch": loader.epoch + loader.batch_in_epoch / loader.batches_per_epoch,
+                    "lr": lr,
+                    "tokens_per_s": self._rate(),
+                },
+            )
+        )
+        # Read what is due: on a CPU at once; on a GPU one step late, with the next step
+        # already queued behind it, so the device does not idle while the host reads.
+        if log and self.pending_log_step is None:
+            self.pending_log_step = self.step
+        due = self.step - self.read_lag
+        if read_now or (self.pending_log_step is not None and self.pending_log_step <= due):
+            self._read_steps(self.step if read_now else due)
+
+    def _read_steps(self, through: int | None = None) -> None:
+        """Read the pending steps' numbers (up to step `through`, default all) in one
+        transfer: count non-finite steps, write their records and those of log steps, and
+        stop the run after train.max_skipped_steps."""
+        through = self.step if through is None else through
+        ready = [p for p in self.pending if p.fields["step"] <= through]
+        if not ready:
+            return
+        del self.pending[: len(ready)]
+        self.pending_log_step = next((p.fields["step"] for p in self.pending if p.log), None)
+        numbers = torch.stack([p.values for p in ready]).tolist()  # the one host sync
+        newly_skipped = False
+        for p, (step_loss, grad_norm, ok) in zip(ready, numbers, strict=True):
+            if ok:
+                self.loss = step_loss
+                self.recent_losses.append(step_loss)
+            elif not p.overflow:
+                self.skipped_steps += 1
+                newly_skipped = True
+                _print(f"step {p.fields['step']}: non-finite loss or gradient norm; update "
+                       f"skipped ({self.skipped_steps} so far)")  # fmt: skip
+            if p.log or not ok:
+                f = p.fields
+                self._record(
+                    kind="train",
+                    at=(f["step"], f["tokens"], f["elapsed_s"]),
+                    epoch=f["epoch"],
+                    loss=step_loss,
+                    lr=f["lr"],
+                    grad_norm=grad_norm,
+                    tokens_per_s=f["tokens_per_s"],
+                    skipped_steps=self.skipped_steps,
+                )
+        self.numbers_read = True
+        limit = self.config.train.max_skipped_steps
+        if newly_skipped and self.skipped_steps >= limit > 0:
             self._save(best=False)  # the weights are those before the bad steps
             raise TinyLMError(
                 f"stopped at step {self.step}: {self.skipped_steps} steps had a non-finite loss "
-                f"or gradient (train.max_skipped_steps={self.config.train.max_skipped_steps}); "
+                f"or gradient (train.max_skipped_steps={limit}); "
                 f"{self.run.latest_checkpoint} holds the last good weights; lower optim.lr or "
                 "raise optim.warmup, then resume with --resume"
             )
@@ -573,15 +635,19 @@ class Trainer:
         """
         if self.val_tokens is None or self.val_step == self.step:
             return False
+        self._read_steps()  # the step's train record comes before its val record
         eval_start = time.monotonic()
+        t, block_size = self.config.train, self.config.model.block_size
+        # The first eval_batches batches of batch_size blocks, every time; evaluated in
+        # batches as large as evaluate finds fastest, in the training precision.
         self.val = evaluate(
             self.model,
-            self.val_tokens,
-            self.config.model.block_size,
-            self.config.train.batch_size,
-            self.device,
-            self.tokenizer.token_bytes,
-            max_batches=self.config.train.eval_batches,
+            eval_prefix(self.val_tokens, block_size, t.batch_size, t.eval_batches),
+            block_size,
+            device=self.device,
+            token_bytes=self.tokenizer.token_bytes,
+            precision=self.precision,
+            progress=False,
         )
         self.val_step = self.step
         self.eval_seconds += time.monotonic() - eval_start
@@ -604,6 +670,7 @@ class Trainer:
     def _save(self, best: bool) -> None:
         """A checkpoint of this step as `latest` (and `best`); once per step. Under torchrun
         every rank calls it (FSDP2 gathers the shards) and rank 0 writes."""
+        self._read_steps()  # the counters and recent losses the meta holds
         meta = self._meta()
         new = self.saved_step != self.step
         if new:
@@ -746,13 +813,18 @@ class Trainer:
             return
         self.stop_signal = signum
 
-    def _update_bar(self, bar: Any, deadline: float) -> None:
+    def _update_bar(self, bar: Any, deadline: float, advance: bool = True) -> None:
+        """One step further; the numbers after it change only when _read_steps read some."""
+        if advance:
+            bar.update(1)
+        if not self.numbers_read:
+            return
+        self.numbers_read = False
         elapsed = time.monotonic() - self.start
         done = max(self.step - (self.resumed_from or 0), 1)
         eta = min((self.planned_steps - self.step) * elapsed / done, deadline - time.monotonic())
         if math.isfinite(deadline) and elapsed > 0:  # a time budget: re-estimate the length
             bar.total = min(self.planned_steps, self.step + int(eta * done / elapsed))
-        bar.update(1)
         bar.set_postfix_str(
             f"loss {self._recent_loss():.3f}"
             + (f" | val {self.val.loss:.3f}" if self.val else "")
@@ -785,18 +857,42 @@ class Trainer:
         seconds = time.monotonic() - self.start - self.eval_seconds
         return self.session_tokens / seconds if seconds > 0 else 0.0
 
-    def _record(self, **fields: Any) -> None:
+    def _record(self, at: tuple[int, int, float] | None = None, **fields: Any) -> None:
+        """One metrics record of this step, or of the (step, tokens, elapsed_s) `at`."""
         if self.metrics is None:  # not rank 0
             return
+        step, tokens, elapsed = at if at is not None else (self.step, self.tokens_seen, None)
         self.metrics.write(
             {
                 "kind": fields.pop("kind"),
-                "step": self.step,
-                "tokens": self.tokens_seen,
-                "elapsed_s": self._elapsed(),
+                "step": step,
+                "tokens": tokens,
+                "elapsed_s": elapsed if elapsed is not None else self._elapsed(),
                 **fields,
             }
         )
+
+
+@dataclass
+class _PendingStep:
+    """A step whose numbers are still on the device."""
+
+    values: torch.Tensor
+    """(3,) float64: mean loss, gradient norm before clipping, 1.0 if both are finite."""
+    overflow: bool
+    """fp16 only: a loss-scale overflow (skipped, not counted)."""
+    log: bool
+    """A metrics record is due for it (every train.log_interval steps and the last)."""
+    fields: dict[str, Any]
+    """Its host-side numbers: step, tokens, elapsed_s, epoch, lr, tokens_per_s."""
+
+
+def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` honours a `found_inf` tensor (GradScaler's switch): torch's
+    fused Adam and AdamW skip the whole update on the device when it is 1."""
+    return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and bool(
+        optimizer.defaults.get("fused")
+    )
 
 
 def _planned_steps(config: Config, batches_per_epoch: int, accum: int) -> int:
