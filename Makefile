@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DATA := data/wiki
 DEMO_RUN  := runs/demo
 
-.PHONY: venv demo test test-slow lint format clean
+.PHONY: venv demo serve test test-slow lint format clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: venv
 	$(TINYLM) eval $(DEMO_RUN) --split val test
 	$(TINYLM) generate $(DEMO_RUN) --prompt "The history of" --num-samples 2 --max-new-tokens 60 --seed 0
 	$(TINYLM) report $(DEMO_RUN)
+
+## Serve the demo's run: OpenAI-compatible API + playground on http://127.0.0.1:8000/
+serve: venv
+	$(TINYLM) serve $(DEMO_RUN)
 
 ## Fast suite (< 10 min on 2 cores): lint, then pytest without the slow marker.
 test: venv

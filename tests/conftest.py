@@ -57,3 +57,16 @@ def tiny_run(tmp_path_factory, wiki_data) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(["train", f"data.path={wiki_data}", *TINY_OVERRIDES, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def long_run(tmp_path_factory, wiki_data) -> Path:
+    """The tiny model with a 256-token context after one step: requests that run long
+    enough (~250 decode steps) to be queued behind, cancelled or aborted mid-stream."""
+    from tinylm.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "long"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith(("model.block_size", "train.max"))]
+    settings = [*overrides, "model.block_size=256", "train.max_steps=1", "train.batch_size=2"]
+    assert main(["train", f"data.path={wiki_data}", *settings, "--out", str(out)]) == 0
+    return out

@@ -82,3 +82,35 @@ def test_stream_marks_finished_rows_and_stops_when_all_are_done(small_model_conf
     assert steps[0][0].item() == first[0]  # row 0 stops at once (its stop token is yielded) ...
     assert all(s[0].item() == FINISHED for s in steps[1:])  # ... and is FINISHED after it
     assert len(steps) == 10 or steps[-1][1].item() == first[0]
+
+
+def test_draw_follows_the_distribution_and_never_picks_zero_probability():
+    from tinylm.generate import draw, uniform
+
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3]]).repeat(4000, 1)
+    drawn = draw(probs, uniform(4000, torch.Generator().manual_seed(0), "cpu")).flatten()
+    freq = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    assert freq[1] == 0
+    assert torch.allclose(freq, probs[0], atol=0.03)
+    again = draw(probs, uniform(4000, torch.Generator().manual_seed(0), "cpu")).flatten()
+    assert torch.equal(drawn, again)
+
+
+def test_nucleus_among_candidates_equals_ranking_the_whole_vocabulary():
+    from tinylm import generate as gen
+
+    torch.manual_seed(0)
+    peaked = torch.randn(3, 5000) * 4  # the nucleus sits within the top 1024
+    flat = torch.randn(3, 5000) * 0.1  # the nucleus is wider: every token is ranked
+    for logits in (peaked, flat):
+        for top_p in (0.3, 0.9):
+            fast = gen._nucleus(logits, top_p)
+            old = gen.NUCLEUS_CANDIDATES
+            gen.NUCLEUS_CANDIDATES = logits.shape[-1]
+            try:
+                full = gen._nucleus(logits, top_p)
+            finally:
+                gen.NUCLEUS_CANDIDATES = old
+            assert torch.equal(fast.isinf(), full.isinf())
+            kept = (~fast.isinf()).sum(dim=-1)
+            assert (kept >= 1).all() and (kept < logits.shape[-1]).all()

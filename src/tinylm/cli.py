@@ -6,6 +6,7 @@
     tinylm train [CONFIG.yaml] [k=v...] --out RUN [--resume]
     tinylm eval RUN [--split val test]        loss, perplexity, bits per byte
     tinylm generate RUN --prompt TEXT...      sample text (KV cache, batch, streaming)
+    tinylm serve RUN... [--port 8000]         OpenAI-compatible HTTP API + web playground
     tinylm report RUN... [--out FILE.md]      results table (Markdown, CSV, loss plots)
     tinylm sweep SWEEP.yaml [--scale S]       many runs from one file, resumable, + report
     tinylm plot RUN... [--out PNG]            train/val loss curves of one or many runs

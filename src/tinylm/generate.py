@@ -144,16 +144,52 @@ def sample_next(
     """One token per row from logits (B, V) -> (B, 1)."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    return draw(probs, uniform(probs.shape[0], generator, probs.device))
+
+
+def next_token_probs(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
+    """The distribution sampling draws from: logits (B, V) / temperature, restricted to the
+    top_k likeliest and to the top_p nucleus -> probabilities (B, V) (temperature > 0)."""
     logits = logits.float() / temperature
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the best stays).
-        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+        logits = _nucleus(logits, top_p)
+    return logits.softmax(dim=-1)
+
+
+NUCLEUS_CANDIDATES = 1024
+"""top_p looks among this many likeliest tokens first; only when they hold less than top_p
+of the mass does it rank the whole vocabulary (sorting 50k logits costs milliseconds)."""
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Drop each token whose better-ranked tokens already reach top_p (the best stays)."""
+    V = logits.shape[-1]
+    log_total = logits.logsumexp(dim=-1, keepdim=True)  # (B, 1)
+    ranked, order = logits.topk(min(NUCLEUS_CANDIDATES, V), dim=-1)  # (B, k), best first
+    probs = (ranked - log_total).exp()  # (B, k): true probabilities, over all V tokens
+    if ranked.shape[-1] < V and not bool((probs.sum(dim=-1) >= top_p).all()):
+        ranked, order = logits.sort(dim=-1, descending=True)  # the nucleus is wider: rank all
+        probs = (ranked - log_total).exp()
+    keep_ranked = probs.cumsum(dim=-1) - probs < top_p  # (B, k)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, keep_ranked)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """n uniform numbers in [0, 1), (n, 1): what `draw` turns into tokens."""
+    return torch.rand(n, 1, generator=generator, device=device)
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row of probs (B, V) -> (B, 1), with those probabilities, from the
+    uniform numbers u (B, 1): the inverse CDF. Exact, and ~10x faster than
+    torch.multinomial over a 50k vocabulary on a CPU."""
+    cdf = probs.float().cumsum(dim=-1)  # (B, V); a float64 cumsum is ~10x slower on a CPU
+    # The first index whose cdf exceeds u * total: a zero-probability token never wins.
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.shape[-1] - 1)

@@ -12,6 +12,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval": "eval",
     "generate": "generate",
+    "serve": "serve",
     "report": "report",
     "sweep": "sweep",
     "plot": "plot",
