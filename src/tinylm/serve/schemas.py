@@ -36,7 +36,7 @@ class SamplingFields(BaseModel):
     """Keep the k likeliest tokens; 0 or -1 = all (not in OpenAI's API; as vLLM)."""
     stop: str | list[str] | None = None
     """Up to 4 texts that end the output (not included in it)."""
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     """Same seed, same request -> same output, whatever else the server is doing."""
     n: Annotated[int, Field(ge=1)] = 1
     """Completions per prompt (choice i uses seed + i)."""
