@@ -363,7 +363,10 @@ class Job:
     ) -> Job:
         """Check the request against the model and the caps; one Choice per (prompt, n)."""
         if body.presence_penalty or body.frequency_penalty:
-            raise APIError(400, "presence_penalty and frequency_penalty are not supported (use 0)")
+            raise APIError(
+                400, "presence_penalty and frequency_penalty are not supported (use 0)",
+                param="presence_penalty" if body.presence_penalty else "frequency_penalty",
+            )  # fmt: skip
         if len(prompts) * body.n > config.max_n:
             raise APIError(
                 400,
@@ -739,7 +742,9 @@ def validation_error(err: ValidationError) -> APIError:
     if e["type"] == "missing":
         return APIError(400, f"missing required parameter: {param}", param=param)
     if e["type"] == "model_type":
-        return APIError(400, "the body must be a JSON object", code="invalid_type")
+        # A nested object (e.g. messages.0) of the wrong type is not the body's fault.
+        what = f"{param} must be a JSON object" if param else "the body must be a JSON object"
+        return APIError(400, what, param=param, code="invalid_type")
     return APIError(400, f"invalid {param}: {e['msg']}", param=param, code="invalid_type")
 
 
