@@ -37,7 +37,8 @@ class SamplingFields(BaseModel):
     stop: str | list[str] | None = None
     """Up to 4 texts that end the output (not included in it)."""
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
-    """Same seed, same request -> same output, whatever else the server is doing."""
+    """Same seed, same request -> same output, whatever else the server is doing (up to
+    float rounding between batch shapes, which can rarely flip a draw; docs/serve.md)."""
     n: Annotated[int, Field(ge=1)] = 1
     """Completions per prompt (choice i uses seed + i)."""
     stream: bool = False
