@@ -259,8 +259,11 @@ def test_full_queue_answers_429_and_the_rest_succeed(long_run):
                     *[http.post("/v1/completions", json=body) for _ in range(16)]
                 )
 
-        statuses = sorted(r.status_code for r in asyncio.run(burst()))
+        responses = asyncio.run(burst())
+        statuses = sorted(r.status_code for r in responses)
         assert set(statuses) == {200, 429} and statuses.count(200) >= 2
+        refused = [r for r in responses if r.status_code == 429]
+        assert all(r.headers.get("retry-after") == "1" for r in refused)
         health = httpx.get(f"{url}/health").json()
         assert health["status"] == "ok" and health["active"] == health["waiting"] == 0
 

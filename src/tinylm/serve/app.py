@@ -108,8 +108,10 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status, self.message, self.param, self.code, self.type = (
             status,
             message,
@@ -129,7 +131,7 @@ class APIError(Exception):
         }
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def create_app(models: list[ServedModel], config: ServeConfig, engine: Engine) -> FastAPI:
@@ -445,6 +447,7 @@ class Job:
                 f"server overloaded ({err}); retry shortly",
                 code="overloaded",
                 type="rate_limit_error",
+                headers={"Retry-After": "1"},  # the openai client waits this long, then retries
             ) from None
         if self.body.stream:
             return StreamingResponse(
