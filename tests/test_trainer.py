@@ -185,7 +185,8 @@ def test_numbers_are_read_at_log_steps_and_bad_steps_still_recorded(
     wiki_data, tmp_path, monkeypatch
 ):
     """With log_interval 4 the loss is read from the device every 4th step: records at 4
-    and 8, plus one for the poisoned step 3 (skipped on the device, counted when read)."""
+    and 8, plus one for the poisoned step 3 (skipped on the device; on a CPU its flag is
+    read at once, so it is counted at step 3)."""
     reads = []
     real = Trainer._read_steps
 
@@ -202,7 +203,7 @@ def test_numbers_are_read_at_log_steps_and_bad_steps_still_recorded(
     assert [r["step"] for r in records] == [3, 4, 8]
     assert records[0]["loss"] is None and records[0]["skipped_steps"] == 1
     assert records[1]["skipped_steps"] == records[2]["skipped_steps"] == 1
-    assert set(reads[: reads.index(8)]) == {4}  # no read between log steps
+    assert set(reads[: reads.index(8)]) == {3, 4}  # no read between log steps but the bad one
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt.meta["trainer"]["skipped_steps"] == 1
     assert len(ckpt.meta["trainer"]["recent_losses"]) == 7  # every finite step's loss
@@ -220,6 +221,21 @@ def test_too_many_non_finite_steps_stop_with_a_usable_checkpoint(wiki_data, tmp_
     assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
     idx = torch.randint(0, 50257, (1, 16))
     assert torch.isfinite(ckpt.model.eval()(idx)).all()
+
+
+def test_max_skipped_steps_stops_at_its_limit_between_log_steps(wiki_data, tmp_path, monkeypatch):
+    """log_interval 10 does not let more bad steps through than max_skipped_steps (a CPU
+    reads each step's finite flag at once): steps 4, 5, 6 bad -> stop at 6, not at 10."""
+    poison(monkeypatch, nan_loss_steps=set(range(4, 100)))
+    cfg = tiny_config(wiki_data, "train.max_steps=30", "train.max_skipped_steps=3",
+                      "train.batch_size=4", "train.log_interval=10",
+                      "train.eval_interval=0")  # fmt: skip
+    with pytest.raises(TinyLMError, match=r"stopped at step 6: 3 steps had a non-finite"):
+        train(cfg, tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.meta["step"] == 6 and ckpt.meta["trainer"]["skipped_steps"] == 3
+    records = [(r["step"], r["skipped_steps"]) for r in metrics(tmp_path / "run")]
+    assert records == [(4, 1), (5, 2), (6, 3)]
 
 
 # --- plot --------------------------------------------------------------------------------

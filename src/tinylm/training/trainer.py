@@ -527,13 +527,17 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
         values = torch.stack([step_loss.double(), grad_norm.double(), finite.double()])  # (3,)
-        overflow = read_now = False
+        overflow = False
         if self.skip_on_device:
             # A non-finite step is skipped inside the fused AdamW kernel (weights, moments
             # and its step count untouched), so no host decision waits for the device.
             self.optimizer.found_inf = 1.0 - values[2].float()  # type: ignore[attr-defined]
             self.optimizer.step()
             del self.optimizer.found_inf  # type: ignore[attr-defined]
+            # On a CPU the flag is computed already (no queue to wait on): a bad step is
+            # read at once, so train.max_skipped_steps stops exactly at its limit. A GPU
+            # reads it with the log step's numbers (the stop may come up to log_interval late).
+            read_now = self.device.type == "cpu" and not values[2].item()
         else:  # an optimizer without that switch, or fp16's GradScaler: decide on the host
             step_loss_f, _, ok = values.tolist()
             # fp16 only: gradients that overflow the loss scale are GradScaler's routine
