@@ -76,10 +76,10 @@ def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> E
     model's family (GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM)."""
     transformers = require_transformers("exporting to Hugging Face format")
     out = Path(out)
-    ckpt = load_for_inference(source, device="cpu").checkpoint
+    ckpt = load_for_inference(source, device="cpu", precision="fp32").checkpoint
     family = export_family(ckpt.config.model)  # refuses what no family expresses
     check_output_dir(out, overwrite, source)
-    model = ckpt.model.float().eval()
+    model = ckpt.model  # fp32, in eval mode: as load_for_inference leaves it
     dataset = Path(ckpt.config.data.path)
     tmp = temp_dir_beside(out)
     try:

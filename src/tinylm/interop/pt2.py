@@ -34,9 +34,9 @@ class Pt2Result:
 
 def export_pt2(source: str | Path, out: str | Path, overwrite: bool = False) -> Pt2Result:
     out = Path(out)
-    ckpt = load_for_inference(source, device="cpu").checkpoint
+    ckpt = load_for_inference(source, device="cpu", precision="fp32").checkpoint
     check_output_dir(out, overwrite, source)
-    model, config = ckpt.model.float().eval(), ckpt.config.model
+    model, config = ckpt.model, ckpt.config.model  # fp32, eval mode (load_for_inference)
     example = random_tokens(config)  # (2, block_size)
     dynamic = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("T", max=config.block_size)},)
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
