@@ -70,7 +70,29 @@ def test_eval_generate_report(tiny_run, capsys):
 
     code, out, _ = run_cli(capsys, "report", tiny_run)
     assert code == 0 and "| tiny |" in out and "## Samples" in out
+    assert "- optimizer: AdamW lr 0.003, weight decay 0.01" in out
+    assert "- schedule: constant\n" in out and "layernorm, learned positions, gelu MLP" in out
     assert (tiny_run / "report.md").read_text() == out.rstrip("\n") + "\n"
+
+
+def test_report_names_muon_and_a_clock_schedule(tiny_run, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    clock = {"schedule": "wsd", "schedule_unit": "time", "warmup": 0.02, "decay_fraction": 0.4,
+             "decay_shape": "1-sqrt", "min_lr_ratio": 0.0}  # fmt: skip
+    config["optim"].update(optimizer="muon", muon_lr=0.01, **clock)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, out, _ = run_cli(capsys, "report", run, "--out", tmp_path / "r.md")
+    assert code == 0
+    muon = "- optimizer: Muon lr 0.01 (momentum 0.95, weight decay 0.0) on the blocks' matrices; "
+    assert muon in out
+    assert "AdamW lr 0.003, weight decay 0.01, betas (0.9, 0.999) on the rest; grad clip 1.0" in out
+    assert "- schedule: wsd, warmup 0.02 of the time budget, 1-sqrt decay over the last 0.4 " in out
 
 
 def test_report_skips_null_losses_of_skipped_steps(tiny_run, tmp_path, capsys):

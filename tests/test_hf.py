@@ -403,7 +403,7 @@ def test_gpt2_cut_tokenizer_exports_and_imports_back_by_name(tmp_path):
 
     out = tmp_path / "tok"
     exported = export_tokenizer("gpt2-4096", None, out, 128)
-    assert exported.eos_id == 4095
+    assert exported.kind == "gpt2-4096" and exported.eos_id == 4095
     hf = AutoTokenizer.from_pretrained(out)
     assert len(hf) == 4096 and hf.convert_ids_to_tokens(4095) == "<|endoftext|>"
     ids = get_tokenizer("gpt2-4096").encode(SAMPLE_TEXT)

@@ -170,9 +170,10 @@ def _single_run_details(run: RunDir, s: dict[str, Any]) -> list[str]:
         "",
         f"- model: {m['n_layer']} layers, {m['n_head']} heads, n_embd {m['n_embd']}, "
         f"block {m['block_size']}, vocab {m['vocab_size']:,}, dropout {m['dropout']}, "
-        f"tied embeddings: {m['tie_embeddings']}",
-        f"- optimizer: AdamW lr {o['lr']}, weight decay {o['weight_decay']}, "
-        f"betas ({o['beta1']}, {o['beta2']}), grad clip {o['grad_clip']}",
+        f"tied embeddings: {m['tie_embeddings']}; {m.get('norm', 'layernorm')}, "
+        f"{m.get('positions', 'learned')} positions, {m.get('activation', 'gelu')} MLP",
+        f"- optimizer: {_optimizer_text(o)}",
+        f"- schedule: {_schedule_text(o)}",
         f"- batch {t['batch_size']} x {m['block_size']} tokens, seed {t['seed']}, "
         f"data {cfg['data']['path']}",
     ]
@@ -182,6 +183,31 @@ def _single_run_details(run: RunDir, s: dict[str, Any]) -> list[str]:
         samples = run.samples.read_text().strip()
         lines += ["", "## Samples", "", "```", samples[-3000:], "```"]
     return lines
+
+
+def _optimizer_text(o: dict[str, Any]) -> str:
+    adamw = (f"AdamW lr {o['lr']}, weight decay {o['weight_decay']}, "
+             f"betas ({o['beta1']}, {o['beta2']})")  # fmt: skip
+    if o.get("optimizer") == "muon":
+        return (f"Muon lr {o['muon_lr']} (momentum {o['muon_momentum']}, weight decay "
+                f"{o['muon_weight_decay']}) on the blocks' matrices; {adamw} on the rest; "
+                f"grad clip {o['grad_clip']}")  # fmt: skip
+    return f"{adamw}, grad clip {o['grad_clip']}"
+
+
+def _schedule_text(o: dict[str, Any]) -> str:
+    kind = o.get("schedule", "constant")
+    if kind == "constant" and not o.get("warmup"):
+        return "constant"
+    unit = o.get("schedule_unit", "steps")
+    warmup = f"{o['warmup']:g} of the time budget" if unit == "time" else f"{o['warmup']:g} {unit}"
+    text = f"{kind}, warmup {warmup}"
+    if kind == "wsd":
+        text += (f", {o.get('decay_shape', 'linear')} decay over the last "
+                 f"{o['decay_fraction']:g}")  # fmt: skip
+    if kind != "constant":
+        text += f" to {o['min_lr_ratio']:g} x lr"
+    return text
 
 
 def csv_rows(runs: list[RunDir], summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:

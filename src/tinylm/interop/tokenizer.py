@@ -33,7 +33,7 @@ SAMPLE_TEXT = "Hello world! It's 1790 — naïve café, 東京.\n\n  indented   
 @dataclass
 class ExportedTokenizer:
     kind: str
-    """'gpt2' or 'tokenizer.json'."""
+    """'gpt2', 'gpt2-N' or 'tokenizer.json'."""
     eos_id: int
     """The end-of-text token (GPT-2: <|endoftext|> = 50256), also used as bos."""
 
@@ -62,7 +62,7 @@ def _export_gpt2(name: str, out: Path, max_length: int) -> ExportedTokenizer:
     hf.model_max_length = max_length
     hf.save_pretrained(out)
     _check_same_ids(AutoTokenizer.from_pretrained(out), tinylm_tok.encode(SAMPLE_TEXT), name)
-    return ExportedTokenizer("gpt2", tinylm_tok.eot_id)
+    return ExportedTokenizer(name, tinylm_tok.eot_id)
 
 
 def _export_tokenizer_json(dataset: Path, out: Path, max_length: int) -> ExportedTokenizer:
