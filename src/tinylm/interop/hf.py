@@ -256,8 +256,8 @@ def check_size(config: Config, weights: dict[str, torch.Tensor], config_file: Pa
 
 
 # A directory `--overwrite` may replace holds one of these: an earlier hf export
-# (config.json), pt2 export (model.pt2) or imported checkpoint (meta.json).
-OUTPUT_MARKS = ("config.json", "model.pt2", "meta.json")
+# (config.json), pt2, gguf or onnx export, or an imported checkpoint (meta.json).
+OUTPUT_MARKS = ("config.json", "model.pt2", "model.gguf", "model.onnx", "meta.json")
 
 
 def check_output_dir(out: Path, overwrite: bool, source: str | Path | None = None) -> None:
