@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from tinylm.atomic import replace_dir, temp_dir_beside
+from tinylm.config import GGUF_TYPES
 from tinylm.data.dataset import model_tokenizer
 from tinylm.data.tokenizer import EOT
 from tinylm.errors import TinyLMError
@@ -39,8 +40,6 @@ from tinylm.interop.family import Family, export_family
 from tinylm.interop.hf import SAMPLING, check_output_dir
 from tinylm.interop.tokenizer import GGUF_PRE_TOKENIZER, GgufVocab, gguf_vocab
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
-"""Weight types `--type` offers for GGUF (f32: exact; f16 and q8_0: smaller, ~1e-3 off)."""
 GGUF_FILE = "model.gguf"
 Q8_BLOCK = 32
 """q8_0 quantizes rows in blocks of 32 values; a matrix whose rows are not a multiple of

@@ -1,0 +1,142 @@
+"""`tinylm export RUN OUT --format onnx`: the model for onnxruntime (Python, C++, web).
+
+    OUT/model.onnx    GPT.forward as an ONNX graph (opset 18, torch.onnx.export with the
+                      dynamo exporter, which needs onnxscript): input_ids int64 (batch, T)
+                      -> logits float32 (batch, T, vocab_size); batch and T are dynamic
+                      (1 <= T <= block_size)
+    OUT/model.json    what a caller needs beside it: model config, tokenizer, eot id
+    OUT/tokenizer.json  the tokenizer (GPT-2's or the dataset's BPE), for tokenizers in
+                      Python or transformers.js in a browser
+
+The graph has no key/value cache inputs: each step recomputes the whole window, which
+for tinylm's context lengths (128-1024 tokens) keeps the file simple and every runtime
+able to run it (docs/interop.md has the measured cost). Before it is put in place the file
+is run in onnxruntime (CPU) on two input shapes, and its logits must be within 1e-4 of
+tinylm's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinylm.atomic import replace_dir, temp_dir_beside
+from tinylm.errors import TinyLMError
+from tinylm.inference import load_for_inference
+from tinylm.interop.hf import PARITY_TOLERANCE, check_output_dir, random_tokens
+from tinylm.interop.tokenizer import export_tokenizer
+
+ONNX_FILE = "model.onnx"
+OPSET = 18
+
+
+@dataclass
+class OnnxResult:
+    out: Path
+    num_parameters: int
+    max_logit_diff: float
+    """Largest |onnxruntime logit - tinylm logit| on the check's random inputs (fp32)."""
+
+
+def require_onnx() -> Any:
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter needs it)
+    except ImportError:
+        raise TinyLMError(
+            "exporting to ONNX needs onnx, onnxscript and onnxruntime: pip install "
+            "'tinylm[onnx]' (or onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.31.1)"
+        ) from None
+    return onnxruntime
+
+
+def export_onnx(source: str | Path, out: str | Path, overwrite: bool = False) -> OnnxResult:
+    ort = require_onnx()
+    out = Path(out)
+    ckpt = load_for_inference(source, device="cpu", precision="fp32").checkpoint
+    check_output_dir(out, overwrite, source)
+    model, config = ckpt.model, ckpt.config.model  # fp32, eval mode
+    example = random_tokens(config)  # (2, block_size)
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("T", max=config.block_size)}
+    dataset = Path(ckpt.config.data.path)
+    tmp = temp_dir_beside(out)
+    try:
+        tok = export_tokenizer(
+            ckpt.meta["tokenizer"]["name"],
+            dataset if dataset.is_dir() else None,
+            tmp,
+            config.block_size,
+        )
+        for extra in ("tokenizer_config.json", "special_tokens_map.json"):
+            (tmp / extra).unlink(missing_ok=True)  # transformers' settings: not needed here
+        with warnings.catch_warnings(), _quiet("torch.onnx"):
+            warnings.simplefilter("ignore")  # the exporter's notes are not the user's
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=["input_ids"],
+                output_names=["logits"],
+                dynamic_shapes=(dims,),
+                opset_version=OPSET,
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+            )
+        program.save(str(tmp / ONNX_FILE))
+        info = {
+            "model": asdict(config),
+            "tokenizer": ckpt.meta["tokenizer"]["name"],
+            "eot_id": tok.eos_id,
+            "input": "input_ids: int64 (batch, T), 1 <= T <= block_size",
+            "output": "logits: float32 (batch, T, vocab_size)",
+        }
+        (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+        session = onnx_session(ort, tmp / ONNX_FILE)
+        diff = 0.0
+        for idx in (example, random_tokens(config, batch=1, seed=1)[:, : config.block_size // 3]):
+            diff = max(diff, max_onnx_difference(model, session, idx))
+        if not diff <= PARITY_TOLERANCE:  # an export bug: ours to fix, not the user's
+            raise RuntimeError(f"onnxruntime's logits differ from tinylm's by {diff:.3g}")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return OnnxResult(out, model.num_parameters(), diff)
+
+
+def onnx_session(ort: Any, file: Path, threads: int = 0) -> Any:
+    """An onnxruntime CPU session (threads 0: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def max_onnx_difference(model: torch.nn.Module, session: Any, idx: torch.Tensor) -> float:
+    """max |tinylm logits - onnxruntime logits| over every position of idx (B, T)."""
+    theirs = session.run(["logits"], {"input_ids": idx.numpy()})[0]  # (B, T, V)
+    return (model(idx) - torch.from_numpy(theirs)).abs().max().item()
+
+
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Errors only from a logger (the exporter logs a line per optional op library)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
