@@ -140,3 +140,22 @@ def _quiet(logger: str) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+def onnx_greedy(
+    session: Any, prompt: list[int], max_new_tokens: int, block_size: int, stop: int | None
+) -> list[int]:
+    """Greedy continuation in onnxruntime: without a key/value cache, each step runs the
+    last block_size tokens whole and takes the argmax of the last position."""
+    import numpy as np
+
+    ids, new = list(prompt), []
+    for _ in range(max_new_tokens):
+        window = np.array([ids[-block_size:]], dtype=np.int64)  # (1, T)
+        logits = session.run(["logits"], {"input_ids": window})[0]  # (1, T, V)
+        token = int(logits[0, -1].argmax())
+        ids.append(token)
+        new.append(token)
+        if token == stop:
+            break
+    return new
