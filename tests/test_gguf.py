@@ -35,8 +35,8 @@ PROMPT = "The history of the"
 GREEDY = 32
 # Next-token distributions, llama.cpp vs tinylm (fp32), after PROMPT: max |Δ log p| over
 # all 50,257 tokens (a logit difference less the shift softmax ignores) and max |Δp|.
-# f32: ggml's kernels vs torch's (and for GPT-2 ggml's tanh GELU, read from an fp16 table,
-# for the exact one); measured <= 2.3e-5 in log p. f16 rounds the matrices (measured
+# f32: ggml's kernels vs torch's (and for GPT-2 ggml's GELU, the tanh approximation, for
+# tinylm's exact one); measured <= 2.3e-5 in log p. f16 rounds the matrices (measured
 # <= 6.7e-4) and q8_0 to 8 bits per value (measured <= 1.0e-2); docs/interop.md.
 LOG_P_TOLERANCE = {"f32": 1e-4, "f16": 2e-3, "q8_0": 3e-2}
 PROB_TOLERANCE = {"f32": 1e-6, "f16": 2e-5, "q8_0": 2e-4}
