@@ -60,3 +60,29 @@ def test_onnxruntime_gives_tinylm_logits_and_greedy_text(family, family_run, tmp
         SAMPLE_TEXT
     )
     assert json.loads((out / "model.json").read_text())["eot_id"] == 50256
+
+
+def test_a_bytes_model_exports_without_a_tokenizer_file(tmp_path, capsys):
+    """The bytes tokenizer needs no file (ids are UTF-8 bytes); a second export needs
+    --overwrite, and replaces the first whole."""
+    from test_cli import assert_one_line_error, run_cli
+    from test_hf import random_checkpoint
+
+    from tinylm.config import ModelConfig
+
+    config = ModelConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    random_checkpoint(tmp_path / "ckpt", config)
+    meta_file = tmp_path / "ckpt" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    tok = get_tokenizer("bytes")
+    meta["tokenizer"] = {"name": tok.name, "fingerprint": tok.fingerprint}
+    meta_file.write_text(json.dumps(meta))
+    code, out, _ = run_cli(capsys, "export", tmp_path / "ckpt", tmp_path / "o", "--format", "onnx")
+    assert code == 0 and "max logit difference" in out
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {"model.onnx", "model.json"}
+    assert json.loads((tmp_path / "o" / "model.json").read_text())["eot_id"] == 0
+    code, _, err = run_cli(capsys, "export", tmp_path / "ckpt", tmp_path / "o", "--format", "onnx")
+    assert_one_line_error(code, err, "already exists; pass --overwrite")
+    code, _, _ = run_cli(capsys, "export", tmp_path / "ckpt", tmp_path / "o", "--format", "onnx",
+                         "--overwrite")  # fmt: skip
+    assert code == 0 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -6,7 +6,8 @@
                       (1 <= T <= block_size)
     OUT/model.json    what a caller needs beside it: model config, tokenizer, eot id
     OUT/tokenizer.json  the tokenizer (GPT-2's or the dataset's BPE), for tokenizers in
-                      Python or transformers.js in a browser
+                      Python or transformers.js in a browser (none for `bytes`: UTF-8
+                      bytes are the ids, end of text 0)
 
 The graph has no key/value cache inputs: each step recomputes the whole window, which
 for tinylm's context lengths (128-1024 tokens) keeps the file simple and every runtime
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from tinylm.atomic import replace_dir, temp_dir_beside
+from tinylm.data.tokenizer import get_tokenizer
 from tinylm.errors import TinyLMError
 from tinylm.inference import load_for_inference
 from tinylm.interop.hf import PARITY_TOLERANCE, check_output_dir, random_tokens
@@ -70,14 +72,14 @@ def export_onnx(source: str | Path, out: str | Path, overwrite: bool = False) ->
     dataset = Path(ckpt.config.data.path)
     tmp = temp_dir_beside(out)
     try:
-        tok = export_tokenizer(
-            ckpt.meta["tokenizer"]["name"],
-            dataset if dataset.is_dir() else None,
-            tmp,
-            config.block_size,
-        )
-        for extra in ("tokenizer_config.json", "special_tokens_map.json"):
-            (tmp / extra).unlink(missing_ok=True)  # transformers' settings: not needed here
+        name = ckpt.meta["tokenizer"]["name"]
+        if name == "bytes":  # UTF-8 bytes are their own ids: no file needed beside it
+            eot_id = get_tokenizer("bytes").eot_id
+        else:
+            where = dataset if dataset.is_dir() else None
+            eot_id = export_tokenizer(name, where, tmp, config.block_size).eos_id
+            for extra in ("tokenizer_config.json", "special_tokens_map.json"):
+                (tmp / extra).unlink(missing_ok=True)  # transformers' settings: not needed
         with warnings.catch_warnings(), _quiet("torch.onnx"):
             warnings.simplefilter("ignore")  # the exporter's notes are not the user's
             program = torch.onnx.export(
@@ -94,8 +96,8 @@ def export_onnx(source: str | Path, out: str | Path, overwrite: bool = False) ->
         program.save(str(tmp / ONNX_FILE))
         info = {
             "model": asdict(config),
-            "tokenizer": ckpt.meta["tokenizer"]["name"],
-            "eot_id": tok.eos_id,
+            "tokenizer": name,
+            "eot_id": eot_id,
             "input": "input_ids: int64 (batch, T), 1 <= T <= block_size",
             "output": "logits: float32 (batch, T, vocab_size)",
         }
