@@ -180,20 +180,13 @@ def test_smaller_weight_types_round_matrices_only(weight_type, tmp_path):
     assert file.stat().st_size < {"f16": 0.55, "q8_0": 0.3}[weight_type] * f32_bytes
 
 
-def test_refusals_are_one_line(tmp_path, capsys, wiki_data):
+def test_refusals_are_one_line(tmp_path, capsys):
     """A model whose tokenizer llama.cpp cannot reproduce (bytes), one no llama.cpp
     architecture expresses (squared-ReLU MLP), and an unknown weight type."""
     from tinylm.config import ModelConfig
 
-    bytes_data = tmp_path / "bytes-data"
-    assert main(["prepare", "builtin:wiki", "--tokenizer", "bytes", "--out", str(bytes_data)]) == 0
     config = ModelConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=32)
-    random_checkpoint(tmp_path / "bytes-ckpt", config)
-    meta_file = tmp_path / "bytes-ckpt" / "meta.json"
-    meta = json.loads(meta_file.read_text())
-    tok = get_tokenizer("bytes")
-    meta["tokenizer"] = {"name": tok.name, "fingerprint": tok.fingerprint}
-    meta_file.write_text(json.dumps(meta))
+    random_checkpoint(tmp_path / "bytes-ckpt", config, tokenizer="bytes")
     code, _, err = run_cli(
         capsys, "export", tmp_path / "bytes-ckpt", tmp_path / "o", "--format", "gguf"
     )

@@ -26,8 +26,9 @@ transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-5  # fp32, as the issue asks
 
 
-def random_checkpoint(path, model_config, seed=0, random_gains=False):
-    """A freshly initialised model saved as a tinylm checkpoint (GPT-2 tokenizer).
+def random_checkpoint(path, model_config, seed=0, random_gains=False, tokenizer="gpt2"):
+    """A freshly initialised model saved as a tinylm checkpoint (GPT-2 tokenizer, or the
+    one named).
 
     random_gains: norm gains drawn from U(0.5, 1.5) instead of ones (as after training),
     so a gain mapped to the wrong place shows in the logits."""
@@ -38,7 +39,7 @@ def random_checkpoint(path, model_config, seed=0, random_gains=False):
             for name, p in model.named_parameters():
                 if "norm" in name or "ln_" in name:
                     p.uniform_(0.5, 1.5)
-    tok = get_tokenizer("gpt2")
+    tok = get_tokenizer(tokenizer)
     config = Config(model=model_config)
     config.data.path = str(path.parent / "no-dataset")
     meta = {"step": 0, "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint}}

@@ -71,12 +71,7 @@ def test_a_bytes_model_exports_without_a_tokenizer_file(tmp_path, capsys):
     from tinylm.config import ModelConfig
 
     config = ModelConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=32)
-    random_checkpoint(tmp_path / "ckpt", config)
-    meta_file = tmp_path / "ckpt" / "meta.json"
-    meta = json.loads(meta_file.read_text())
-    tok = get_tokenizer("bytes")
-    meta["tokenizer"] = {"name": tok.name, "fingerprint": tok.fingerprint}
-    meta_file.write_text(json.dumps(meta))
+    random_checkpoint(tmp_path / "ckpt", config, tokenizer="bytes")
     code, out, _ = run_cli(capsys, "export", tmp_path / "ckpt", tmp_path / "o", "--format", "onnx")
     assert code == 0 and "max logit difference" in out
     assert {p.name for p in (tmp_path / "o").iterdir()} == {"model.onnx", "model.json"}

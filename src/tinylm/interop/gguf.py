@@ -23,14 +23,13 @@ real llama.cpp; docs/interop.md gives the measured differences.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinylm.atomic import replace_dir, temp_dir_beside
+from tinylm.atomic import built_dir
 from tinylm.config import GGUF_TYPES
 from tinylm.data.dataset import model_tokenizer
 from tinylm.data.tokenizer import EOT
@@ -88,17 +87,12 @@ def export_gguf(
     model = ckpt.model  # fp32, eval mode
     tensors = {k: v.float().cpu().numpy() for k, v in family.gguf_tensors(model).items()}
     keys = gguf_keys(family, config, vocab, weight_type, _model_name(source))
-    tmp = temp_dir_beside(out)
-    try:
+    with built_dir(out) as tmp:
         file = tmp / GGUF_FILE
         types = write_gguf(gguf, file, family.gguf_arch, keys, tensors, weight_type)
         error = check_gguf(gguf, file, keys, tensors, types)
         (tmp / "Modelfile").write_text(ollama_modelfile(config.block_size))
         size = file.stat().st_size
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return GgufResult(out, model.num_parameters(), family, weight_type, vocab.kind, size, error)
 
 
