@@ -12,7 +12,8 @@ greedily for 120 tokens (8 + 120 = the 128-token context) at batch 1 and 2 threa
     transformers   the --format hf export, AutoModelForCausalLM.generate (KV cache), fp32
     onnxruntime    the --format onnx export; no KV cache: each step runs the whole window
     llama.cpp      the --format gguf export (f32, f16, q8_0) through node-llama-cpp's
-                   prebuilt binaries (KV cache); timed inside node, model load excluded
+                   prebuilt binaries (KV cache); timed inside node, model load excluded;
+                   also at 1 thread (ggml's threads spin-wait, which a busy machine punishes)
 
 Runtimes are interleaved round by round (--rounds, median of the rounds' times), each
 round timing every runtime once; the first, warm-up round is not counted. Parity against
@@ -115,16 +116,21 @@ def bench_model(preset: str, work: Path, rounds: int, new_tokens: int) -> dict:
     def run_onnx():
         return onnx_greedy(session, prompt, new_tokens, config.block_size, stop=None)
 
-    def run_llamacpp_type(t):
+    def run_llamacpp_type(t, threads):
         def go():
             answer = run_llamacpp({"model": str(ggufs[t]), "prompt": prompt, "greedy": new_tokens,
-                                   "context": config.block_size, "threads": THREADS})  # fmt: skip
+                                   "context": config.block_size, "threads": threads})  # fmt: skip
             return answer["greedy"], answer["greedy_seconds"]
 
         return go
 
     runners = {"tinylm": run_tinylm, "transformers": run_hf, "onnxruntime": run_onnx}
-    runners |= {f"llama.cpp {t}": run_llamacpp_type(t) for t in types}
+    # ggml's threads spin at every barrier: on a shared 2-core machine one thread can beat two.
+    runners |= {
+        f"llama.cpp {t}, {n} thread{'s' if n > 1 else ''}": run_llamacpp_type(t, n)
+        for t in types
+        for n in (THREADS, 1)
+    }
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     outputs: dict[str, list[int]] = {}
     for r in range(rounds + 1):  # round 0 warms up every runtime
@@ -164,7 +170,7 @@ def bench_model(preset: str, work: Path, rounds: int, new_tokens: int) -> dict:
         if name == "onnxruntime":
             row["max_abs_logit_diff"] = float(np.abs(onnx_logits - ours.numpy()).max())
         if name.startswith("llama.cpp"):
-            t = name.split()[-1]
+            t = name.split()[1].rstrip(",")
             answer = run_llamacpp({"model": str(ggufs[t]), "texts": [SAMPLE_TEXT], "prompt": prompt,
                                    "probabilities": True, "context": config.block_size,
                                    "vocab_size": config.vocab_size})  # fmt: skip
