@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TINYLM := $(BIN)/tinylm
 STAMP  := $(VENV)/.installed
 
-DEMO_DATA := data/wiki
+DEMO_DATA := data/demo
 DEMO_RUN  := runs/demo
 
 .PHONY: venv llamacpp demo serve test test-slow lint format clean
@@ -30,11 +30,11 @@ tools/llamacpp/node_modules/.installed: tools/llamacpp/package.json tools/llamac
 	cd tools/llamacpp && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
-## The main job: prepare the built-in corpus, train the 13.3M reference model for a few
-## minutes, evaluate on held-out data, sample from it and summarise the run.
+## The main job: prepare the built-in corpora, train tinylm's 5-minute CPU recipe
+## (docs/results/recipe.md), evaluate on held-out data, sample from it, summarise the run.
 demo: venv
-	$(TINYLM) prepare builtin:wiki --out $(DEMO_DATA) --overwrite
-	$(TINYLM) train configs/cpu_demo.yaml data.path=$(DEMO_DATA) --out $(DEMO_RUN) --overwrite
+	$(TINYLM) prepare builtin:wiki builtin:sotu --tokenizer gpt2-8192 --out $(DEMO_DATA) --overwrite
+	$(TINYLM) train configs/recipe_5min.yaml data.path=$(DEMO_DATA) --out $(DEMO_RUN) --overwrite
 	$(TINYLM) eval $(DEMO_RUN) --split val test
 	$(TINYLM) generate $(DEMO_RUN) --prompt "The history of" --num-samples 2 --max-new-tokens 60 --seed 0
 	$(TINYLM) report $(DEMO_RUN)

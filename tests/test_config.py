@@ -1,6 +1,8 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tinylm.config import MODEL_PRESETS, load_config
@@ -22,15 +24,52 @@ def test_reference_presets_match_the_study(name, n_embd, lr, batch):
     assert cfg.optim.weight_decay == 0.01 and cfg.optim.grad_clip == 1.0
 
 
-SWEEPS = ["ablation_epochs", "ablations", "seed_study"]
+SWEEPS = [
+    "ablation_epochs",
+    "ablations",
+    "recipe_baseline_search",
+    "recipe_finals_30min",
+    "recipe_finals_5min",
+    "recipe_search",
+    "seed_study",
+]
+CONFIG_FILES = [
+    "recipe_30min",
+    "recipe_5min",
+    "recipe_baseline",
+    "recipe_centre",
+    "seed_exp1",
+    "seed_exp2",
+    "seed_exp3",
+]
 
 
-def test_every_shipped_config_loads():
-    paths = sorted(CONFIGS.glob("*.yaml"))
-    configs = [p for p in paths if p.stem not in SWEEPS]
-    assert [p.stem for p in configs] == ["cpu_demo", "seed_exp1", "seed_exp2", "seed_exp3"]
+def test_every_shipped_config_builds_a_model_that_runs():
+    from tinylm.model import GPT
+
+    configs = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in SWEEPS)
+    assert [p.stem for p in configs] == CONFIG_FILES
     for path in configs:
-        load_config(path)
+        cfg = load_config(path)
+        # vocab_size 0 takes the dataset's; the recipe's datasets use gpt2-8192
+        model_config = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 8192)
+        model = GPT(model_config)
+        logits = model(torch.zeros(2, 8, dtype=torch.long))
+        assert logits.shape == (2, 8, model_config.vocab_size), path.name
+
+
+def test_the_recipe_is_one_preset_at_both_budgets():
+    five, thirty = (
+        load_config(CONFIGS / "recipe_5min.yaml"),
+        load_config(CONFIGS / "recipe_30min.yaml"),
+    )
+    assert five.model == thirty.model == MODEL_PRESETS["recipe-d256"]
+    assert (five.train.max_minutes, thirty.train.max_minutes) == (5, 30)
+    assert five.optim == thirty.optim and five.optim.schedule_unit == "time"
+    assert five.data.path.endswith("gpt2-8192")
+    # The search's centre, resolved, is the recipe's model (its seed-1337 run is the recipe's).
+    centre = load_config(CONFIGS / "recipe_centre.yaml")
+    assert dataclasses.replace(centre.model, vocab_size=8192) == five.model
 
 
 def test_every_shipped_sweep_builds_valid_configs():

@@ -263,22 +263,25 @@ def cut_gpt2_bpe(out, merges_kept):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("kind", ["trained", "gpt2-cut"])
+@pytest.mark.parametrize("kind", ["trained", "json-cut", "gpt2-1257"])
 def test_llamacpp_reproduces_byte_level_bpe_tokenizers(kind, family_run, tmp_path_factory):
-    """A BPE trained by `tinylm tokenizer train` (<|endoftext|> = 0) and GPT-2's cut to
-    1,000 merges (<|endoftext|> last): llama.cpp's gpt2 tokenizer gives tinylm's ids, and
-    the modern family on such a vocabulary generates the same greedy text."""
+    """A BPE trained by `tinylm tokenizer train` (<|endoftext|> = 0), GPT-2's cut to 1,000
+    merges as a tokenizer.json (<|endoftext|> last) and as tinylm's named gpt2-1257:
+    llama.cpp's gpt2 tokenizer gives tinylm's ids, and the modern family on such a
+    vocabulary generates the same greedy text."""
     tmp = tmp_path_factory.mktemp(kind)
     if kind == "trained":
         code = main(["tokenizer", "train", "builtin:wiki", "--vocab-size", "700",
                      "--out", str(tmp / "tok")])  # fmt: skip
         assert code == 0
-        file = tmp / "tok" / "tokenizer.json"
+        name = str(tmp / "tok" / "tokenizer.json")
+    elif kind == "json-cut":
+        name = str(cut_gpt2_bpe(tmp / "tok", 1000))
     else:
-        file = cut_gpt2_bpe(tmp / "tok", 1000)
+        name = kind
     data = tmp / "data"
-    assert main(["prepare", "builtin:wiki", "--tokenizer", str(file), "--out", str(data)]) == 0
-    tokenizer = get_tokenizer(str(data / "tokenizer" / "tokenizer.json"))
+    assert main(["prepare", "builtin:wiki", "--tokenizer", name, "--out", str(data)]) == 0
+    tokenizer = get_tokenizer(name if kind == "gpt2-1257" else str(data / "tokenizer"))
     assert tokenizer.eot_id == (0 if kind == "trained" else 1256)
     run = family_run("llama", data)
     gguf_file = export(run, tmp / "gguf")

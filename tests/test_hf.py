@@ -27,8 +27,8 @@ TOLERANCE = 1e-5  # fp32, as the issue asks
 
 
 def random_checkpoint(path, model_config, seed=0, random_gains=False, tokenizer="gpt2"):
-    """A freshly initialised model saved as a tinylm checkpoint (GPT-2 tokenizer, or the
-    one named).
+    """A freshly initialised model saved as a tinylm checkpoint (GPT-2 tokenizer, or another
+    tokenizer found by name).
 
     random_gains: norm gains drawn from U(0.5, 1.5) instead of ones (as after training),
     so a gain mapped to the wrong place shows in the logits."""
@@ -394,3 +394,18 @@ def test_overwrite_replaces_only_an_earlier_export(tmp_path, capsys, tiny_run, w
     assert run_cli(capsys, "export", tiny_run, tmp_path / "hf")[0] == 0
     code, _, err = run_cli(capsys, "export", tiny_run, tmp_path / "hf", "--overwrite")
     assert code == 0, err
+
+
+def test_gpt2_cut_tokenizer_exports_and_imports_back_by_name(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tinylm.interop.tokenizer import SAMPLE_TEXT, tokenizer_of_hf_dir
+
+    out = tmp_path / "tok"
+    exported = export_tokenizer("gpt2-4096", None, out, 128)
+    assert exported.eos_id == 4095
+    hf = AutoTokenizer.from_pretrained(out)
+    assert len(hf) == 4096 and hf.convert_ids_to_tokens(4095) == "<|endoftext|>"
+    ids = get_tokenizer("gpt2-4096").encode(SAMPLE_TEXT)
+    assert hf.encode(SAMPLE_TEXT, add_special_tokens=False) == ids
+    assert tokenizer_of_hf_dir(out) == "gpt2-4096"

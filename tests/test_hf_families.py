@@ -232,3 +232,22 @@ def test_modern_presets_export_within_tolerance(preset, qk_norm, tmp_path):
     print(f"{preset} {result.family.architecture} ({model.num_parameters():,} params): "
           f"sdpa {diffs[0]:.2e}, eager {diffs[1]:.2e}")  # fmt: skip
     assert max(diffs) <= TOLERANCE
+
+
+def test_the_cpu_recipe_exports_as_llama_with_its_small_vocabulary(tmp_path):
+    """recipe-d256 (docs/results/recipe.md) with the gpt2-8192 tokenizer: logits within
+    tolerance, the tokenizer's ids, and the same greedy text in transformers."""
+    from tinylm.config import MODEL_PRESETS
+
+    config = dataclasses.replace(MODEL_PRESETS["recipe-d256"], zero_init_proj=False)
+    model = random_checkpoint(tmp_path / "ckpt", config, random_gains=True, tokenizer="gpt2-8192")
+    result = export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    assert result.family.architecture == "LlamaForCausalLM"
+    assert result.max_logit_diff <= TOLERANCE
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(8192, (2, 128), generator=torch.Generator().manual_seed(7))
+    assert max_logit_difference(model, hf, idx) <= TOLERANCE
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    prompt = get_tokenizer("gpt2-8192").encode("The history of the United States")
+    assert len(hf_tok) == 8192 and hf_tok.encode("The history of the United States") == prompt
+    assert greedy_matches(model, hf, prompt, 16, eot=8191)

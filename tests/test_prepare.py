@@ -112,8 +112,10 @@ def test_builtin_wiki(wiki_data):
 
 def test_parse_split():
     assert parse_split("98,1,1") == pytest.approx((0.98, 0.01, 0.01))
-    with pytest.raises(TinyLMError, match="three non-negative numbers"):
-        parse_split("90,10")
+    assert parse_split("0,0,1") == (0, 0, 1)  # an evaluation-only (out-of-domain) set
+    for bad in ("90,10", "0,0,0", "-1,1,1", "nan,1,1"):
+        with pytest.raises(TinyLMError, match="three non-negative numbers"):
+            parse_split(bad)
 
 
 def test_existing_dataset_kept_unless_overwrite(tmp_path):

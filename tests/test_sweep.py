@@ -284,3 +284,57 @@ def test_a_run_directory_with_another_config_is_refused(tiny_run, wiki_data):
     changed = load_sweep(sweep_file, extra=["optim.lr=0.01"])
     with pytest.raises(TinyLMError, match=r"holds a run with another config \(optim.lr differ\)"):
         changed.status(changed.runs[0])
+
+
+def test_runs_with_their_own_base_are_evaluated_on_other_data_too(wiki_data, tmp_path, capsys):
+    # An out-of-domain set prepared with the runs' tokenizer, found from each run's data.path.
+    ood = Path(f"{wiki_data}-ood")
+    if not ood.exists():
+        text = tmp_path / "ood.txt"
+        text.write_text("Now is the winter of our discontent\nMade glorious summer.\n" * 40)
+        assert main(["prepare", str(text), "--split", "0,0,1", "--out", str(ood)]) == 0
+    tiny = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in TINY_OVERRIDES)}
+    del tiny["optim.lr"]  # each base sets its own
+    for name, lr in (("a.yaml", 3e-3), ("b.yaml", 1e-3)):
+        (tmp_path / name).write_text(yaml.safe_dump({"optim": {"lr": lr}}))
+    out = tmp_path / "runs"
+    sweep_file = write_sweep(
+        tmp_path / "s.yaml",
+        {
+            "base": "a.yaml",
+            "out": str(out),
+            "eval": ["val"],
+            "eval_data": ["{data}-ood:test"],
+            "set": {"data.path": str(wiki_data), **tiny, "train.max_steps": 4},
+            "runs": [{"name": "a"}, {"name": "b", "base": "b.yaml"}],
+        },
+    )
+    sweep = load_sweep(sweep_file)
+    assert [sweep.base_of(r).name for r in sweep.runs] == ["a.yaml", "b.yaml"]
+    assert sweep.other_data(sweep.runs[1]) == {str(ood): ["test"]}
+    assert main(["sweep", str(sweep_file)]) == 0
+    for name, lr in (("a", 3e-3), ("b", 1e-3)):
+        assert yaml.safe_load((out / name / "config.yaml").read_text())["optim"]["lr"] == lr
+        results = json.loads((out / name / "eval.json").read_text())
+        assert results[f"{ood}:test"]["step"] == 4 and results[f"{ood}:test"]["bits_per_byte"] > 0
+        assert results["val"]["dataset"] == str(wiki_data)
+        assert sweep.status(next(r for r in sweep.runs if r.name == name)) == "done"
+    capsys.readouterr()
+    assert main(["sweep", str(sweep_file)]) == 0  # nothing left to do
+    assert capsys.readouterr().err.count("finished and evaluated, skipping") == 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"eval_data": "d:test"}, "eval_data must be a list of DATASET:SPLIT"),
+        ({"eval_data": ["d"]}, "eval_data must be a list of DATASET:SPLIT"),
+        ({"eval_data": ["d:dev"]}, "eval_data must be a list of DATASET:SPLIT"),
+        ({"runs": [{"name": "x", "base": 3}]}, "runs: base must be a path"),
+        ({"runs": [{"name": "x", "base": "nope.yaml"}]}, "nope.yaml does not exist"),
+    ],
+)
+def test_bad_eval_data_and_run_bases_are_refused(tmp_path, spec, message):
+    sweep_file = write_sweep(tmp_path / "s.yaml", spec)
+    with pytest.raises(TinyLMError, match=message):
+        load_sweep(sweep_file)

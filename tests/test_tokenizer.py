@@ -129,3 +129,52 @@ def test_model_vocab_follows_the_data_and_a_mismatch_is_refused(bpe_data, tmp_pa
         assert "was tokenized with bpe-600" in capsys.readouterr().err
     finally:
         file.write_bytes(original)
+
+
+@pytest.mark.parametrize("size", [258, 4096, 8192])
+def test_gpt2_cut_is_gpt2s_first_merges_with_gpt2s_ids(size):
+    full, cut = get_tokenizer("gpt2"), get_tokenizer(f"gpt2-{size}")
+    assert cut.vocab_size == size and cut.eot_id == size - 1
+    assert cut.encoding.decode([cut.eot_id]) == "<|endoftext|>"
+    text = "The history of the United States Congress began in 1789 — naïve café, 東京.\n\n  x"
+    ids = cut.encode(text)
+    assert cut.decode(ids) == text and max(ids) < size - 1
+    # Every token it emits is the GPT-2 token of the same bytes, under the same id...
+    spelled = cut.encoding.decode_single_token_bytes, full.encoding.decode_single_token_bytes
+    assert all(spelled[0](i) == spelled[1](i) for i in set(ids))
+    # ...and re-encoding GPT-2's own (whole-character) tokens below the cut gives them back.
+    kept = [i for i in full.encode(text) if i < size - 1 and "\ufffd" not in full.decode([i])]
+    assert kept and all(cut.encode(full.decode([i])) == [i] for i in kept)
+    # Fewer merges, more tokens for the same text.
+    assert len(full.encode(text)) <= len(ids)
+
+
+def test_gpt2_cut_sizes_are_named_and_checked():
+    a, b = get_tokenizer("gpt2-8192"), get_tokenizer("gpt2-4096")
+    assert a.fingerprint != b.fingerprint != get_tokenizer("gpt2").fingerprint
+    assert get_tokenizer("gpt2-8192") is a  # built once per process
+    for bad in ("gpt2-257", "gpt2-50258"):
+        with pytest.raises(TinyLMError, match=r"vocabulary size must be 258..50257") as err:
+            get_tokenizer(bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(TinyLMError, match="unknown tokenizer 'gpt2-8k'"):
+        get_tokenizer("gpt2-8k")
+
+
+def test_prepare_train_eval_with_a_gpt2_cut(tmp_path, capsys):
+    data, run = tmp_path / "wiki-4096", tmp_path / "run"
+    assert main(["prepare", "builtin:wiki", "--tokenizer", "gpt2-4096", "--out", str(data)]) == 0
+    dataset = PreparedDataset.open(data)
+    assert dataset.vocab_size == 4096 and dataset.tokenizer.name == "gpt2-4096"
+    val = dataset.tokens("val")
+    ids = val[0 : len(val)]
+    documents = dataset.manifest["splits"]["val"]["documents"]
+    assert int(ids.max()) == 4095 and (ids == 4095).sum() == documents  # EOT ends each
+    args = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+            "train.batch_size=4", "train.max_steps=4", "train.eval_interval=2"]  # fmt: skip
+    assert main(["train", f"data.path={data}", *args, "--out", str(run)]) == 0
+    capsys.readouterr()
+    # eval and generate find the tokenizer by name, as they do gpt2's
+    assert main(["eval", str(run), "--split", "val"]) == 0
+    assert main(["generate", str(run), "--prompt", "The", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.count("The") >= 1

@@ -122,6 +122,12 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         n_embd=256, vocab_size=50257, dropout=0.0, bias=False, tie_embeddings=True,
         activation="swiglu", norm="rmsnorm", positions="rope", zero_init_proj=True,
     ),
+    # tinylm's recipe for a CPU (docs/results/recipe.md): the modern family, 4 blocks of 256,
+    # over GPT-2's BPE cut to 8,192 tokens (tokenizer gpt2-8192); configs/recipe_*min.yaml.
+    "recipe-d256": ModelConfig(
+        n_layer=4, n_embd=256, vocab_size=8192, dropout=0.0, bias=False, tie_embeddings=True,
+        activation="swiglu", norm="rmsnorm", positions="rope", zero_init_proj=True,
+    ),
 }  # fmt: skip
 
 

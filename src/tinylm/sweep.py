@@ -5,12 +5,15 @@ A sweep file names a base config and the runs to make from it:
     base: seed_exp1.yaml          # relative to the sweep file (optional)
     out: runs/lr_sweep            # where run directories go (RUN = OUT/NAME)
     eval: [val, test]             # whole-split evaluation after each run ([] for none)
+    eval_data: ["{data}-bible:test"]  # and on other datasets, as DATASET:SPLIT; {data} is
+                                  # the run's data.path (out-of-domain sets, one per tokenizer)
     prepare: [prepare builtin:wiki --out data/wiki]  # tinylm commands, run if --out is missing
     set: {train.epochs: 2}        # overrides for every run
     grid: {optim.lr: [5e-4, 1e-3], train.seed: [0, 1]}   # every combination
     runs:                         # and/or a list; an entry may carry its own name
-      - {name: exp1}
+      - {name: exp1}              # and its own base config (to compare two recipes)
       - {optim.lr: 5e-4}
+      - {name: other, base: other.yaml}
     scales:                       # named variants chosen with --scale, applied last
       cpu: {prepare: ..., set: {...}, grid: {...}, out: ...}
 
@@ -39,7 +42,7 @@ from tinylm.config import config_differences, load_config, read_yaml
 from tinylm.errors import TinyLMError
 from tinylm.rundir import FINISHED, SUPERVISED_ENV, RunDir
 
-SWEEP_KEYS = {"base", "out", "eval", "prepare", "set", "grid", "runs", "scales"}
+SWEEP_KEYS = {"base", "out", "eval", "eval_data", "prepare", "set", "grid", "runs", "scales"}
 SCALE_KEYS = {"out", "prepare", "set", "grid"}
 SPLITS = ("train", "val", "test")
 
@@ -50,6 +53,8 @@ class SweepRun:
     overrides: list[str]
     """`section.key=value` strings after the base file, in the order they apply."""
     out: Path
+    base: Path | None = None
+    """The run's own base config (an entry's `base:`), else the sweep's."""
 
 
 @dataclass
@@ -61,13 +66,34 @@ class Sweep:
     prepare: list[list[str]] = field(default_factory=list)
     """tinylm commands (argument lists) that make the data; each runs if its --out is missing."""
     runs: list[SweepRun] = field(default_factory=list)
+    eval_data: list[str] = field(default_factory=list)
+    """DATASET:SPLIT templates evaluated after each run; {data} is the run's data.path."""
 
     def train_command(self, run: SweepRun) -> list[str]:
-        base = [str(self.base)] if self.base else []
-        return [*_tinylm(), "train", *base, *run.overrides, "--out", str(run.out)]
+        base = self.base_of(run)
+        return [*_tinylm(), "train", *([str(base)] if base else []), *run.overrides, "--out",
+                str(run.out)]  # fmt: skip
+
+    def base_of(self, run: SweepRun) -> Path | None:
+        return run.base or self.base
 
     def eval_command(self, run: SweepRun) -> list[str]:
         return [*_tinylm(), "eval", str(run.out), "--split", *self.eval_splits]
+
+    def other_data(self, run: SweepRun) -> dict[str, list[str]]:
+        """The run's eval_data: dataset path -> splits, {data} filled in."""
+        data = load_config(self.base_of(run), run.overrides).data.path
+        found: dict[str, list[str]] = {}
+        for entry in self.eval_data:
+            path, split = entry.replace("{data}", data).rsplit(":", 1)
+            found.setdefault(str(Path(path)), []).append(split)  # as `tinylm eval` keys it
+        return found
+
+    def other_data_commands(self, run: SweepRun) -> list[list[str]]:
+        return [
+            [*_tinylm(), "eval", str(run.out), "--data", path, "--split", *splits]
+            for path, splits in self.other_data(run).items()
+        ]
 
     def select(self, only: list[str] | None) -> list[SweepRun]:
         """The runs named in `only` (all when None), in the sweep's order."""
@@ -83,7 +109,7 @@ class Sweep:
         if rundir.config.is_file():
             from tinylm.training.trainer import resolve_model  # torch: only when needed
 
-            wanted = load_config(self.base, run.overrides)
+            wanted = load_config(self.base_of(run), run.overrides)
             resolve_model(wanted)  # as the run's config.yaml holds it
             diffs = config_differences(wanted, load_config(rundir.config))
             if diffs:
@@ -99,6 +125,11 @@ class Sweep:
         evaluated = rundir.current_evals(meta)  # of the final model on its own data
         if any(split not in evaluated for split in self.eval_splits):
             return "trained"
+        results = rundir.read_eval_results()  # other datasets: keyed DATASET:SPLIT
+        for path, splits in self.other_data(run).items():
+            for split in splits:
+                if results.get(f"{path}:{split}", {}).get("step") != meta.get("step"):
+                    return "trained"
         return "done"
 
 
@@ -120,17 +151,22 @@ def load_sweep(
         chosen = {}
     _check_path(spec, "base", str(path))
     _check_path(spec, "out", str(path))
-    base = Path(spec["base"]) if spec.get("base") else None
-    if base is not None and not base.is_absolute():
-        base = path.parent / base
-    if base is not None and not base.is_file():
-        raise TinyLMError(f"{path}: base config {base} does not exist")
+    base = _base_config(spec.get("base"), path)
     default_out = Path(spec.get("out") or f"runs/{path.stem}")
     if scale is not None:
         default_out = Path(chosen.get("out") or f"{default_out}-{scale}")
     eval_splits = spec.get("eval", ["val", "test"]) or []
     if not isinstance(eval_splits, list) or any(s not in SPLITS for s in eval_splits):
         raise TinyLMError(f"{path}: eval must be a list of splits from {', '.join(SPLITS)}")
+    eval_data = spec.get("eval_data") or []
+    if not isinstance(eval_data, list) or not all(
+        isinstance(e, str) and e.rpartition(":")[0] and e.rpartition(":")[2] in SPLITS
+        for e in eval_data
+    ):
+        raise TinyLMError(
+            f"{path}: eval_data must be a list of DATASET:SPLIT (split one of "
+            f"{', '.join(SPLITS)}), e.g. '{{data}}-bible:test'"
+        )
 
     common = {**_mapping(spec.get("set"), f"{path}: set")}
     grid = {**_mapping(spec.get("grid"), f"{path}: grid")}
@@ -148,9 +184,11 @@ def load_sweep(
     for entry in entries:
         entry = dict(entry)
         name = entry.pop("name", None)
+        _check_path(entry, "base", f"{path}: runs")
+        own_base = _base_config(entry.pop("base", None), path)
         for point in points:
-            combos.append((name, {**entry, **point}))
-    varying = _varying_keys([c for _, c in combos])
+            combos.append((name, own_base, {**entry, **point}))
+    varying = _varying_keys([c for _, _, c in combos])
     scale_set = _mapping(chosen.get("set"), f"{path}: scales.{scale}.set")
     sweep = Sweep(
         path,
@@ -158,9 +196,10 @@ def load_sweep(
         out or default_out,
         list(eval_splits),
         _commands(chosen.get("prepare") or spec.get("prepare"), path),
+        eval_data=list(eval_data),
     )
     seen: set[str] = set()
-    for name, settings in combos:
+    for name, own_base, settings in combos:
         if name is not None:
             grid_part = _name_of(settings, varying & set(grid)) if varying & set(grid) else ""
             name = _check_name(str(name), path) + (f"_{grid_part}" if grid_part else "")
@@ -175,15 +214,27 @@ def load_sweep(
             *_as_overrides(scale_set),
             *(extra or []),
         ]
-        sweep.runs.append(SweepRun(name, overrides, sweep.out / name))
+        sweep.runs.append(SweepRun(name, overrides, sweep.out / name, own_base))
     return sweep
+
+
+def _base_config(name: Any, path: Path) -> Path | None:
+    """A base config named in the sweep file (relative to it); it must exist."""
+    if not name:
+        return None
+    base = Path(name)
+    if not base.is_absolute():
+        base = path.parent / base
+    if not base.is_file():
+        raise TinyLMError(f"{path}: base config {base} does not exist")
+    return base
 
 
 def check_configs(sweep: Sweep) -> None:
     """Build every run's config (the data need not exist yet): a typo fails before any run."""
     for run in sweep.runs:
         try:
-            load_config(sweep.base, run.overrides)
+            load_config(sweep.base_of(run), run.overrides)
         except TinyLMError as err:
             raise TinyLMError(f"run {run.name}: {err}") from None
 
@@ -200,6 +251,8 @@ def run_sweep(sweep: Sweep, jobs: int = 1, only: list[str] | None = None) -> int
         steps = [] if status in ("done", "trained") else [sweep.train_command(run)]
         if status != "done" and sweep.eval_splits:
             steps.append(sweep.eval_command(run))
+        if status != "done":
+            steps.extend(sweep.other_data_commands(run))
         if steps:
             queue.append((run, steps))
     logs = sweep.out / "logs" if jobs > 1 else None

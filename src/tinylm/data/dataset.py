@@ -200,15 +200,12 @@ def _manifest_problem(manifest: dict[str, Any]) -> str:
 def model_tokenizer(tokenizer: dict[str, str], data_path: str | Path):  # -> Tokenizer
     """The tokenizer a checkpoint was trained with (its meta's name and fingerprint).
 
-    gpt2 and bytes are found by name; a trained BPE is read from the training dataset.
+    gpt2, gpt2-N and bytes are found by name; a trained BPE is read from the training dataset.
     """
-    from tinylm.data.tokenizer import get_tokenizer
+    from tinylm.data.tokenizer import get_tokenizer, is_named
 
     name, fingerprint = tokenizer["name"], tokenizer["fingerprint"]
-    if name in ("gpt2", "bytes"):
-        found = get_tokenizer(name)
-    else:
-        found = PreparedDataset.open(data_path).tokenizer
+    found = get_tokenizer(name) if is_named(name) else PreparedDataset.open(data_path).tokenizer
     if found.fingerprint != fingerprint:
         raise TinyLMError(
             f"the model was trained with {name} ({fingerprint[:12]}) but {found.name} "

