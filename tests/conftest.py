@@ -70,3 +70,34 @@ def long_run(tmp_path_factory, wiki_data) -> Path:
     settings = [*overrides, "model.block_size=256", "train.max_steps=1", "train.batch_size=2"]
     assert main(["train", f"data.path={wiki_data}", *settings, "--out", str(out)]) == 0
     return out
+
+
+# One small trained run per model family, for the runtime exports (GGUF, ONNX): the tiny
+# model with a 64-token context, so a short prompt and 32 greedy tokens fit the window.
+FAMILY_OVERRIDES = {
+    "gpt2": [],  # the reference model's components: learned positions, LayerNorm, GELU
+    "llama": ["model.positions=rope", "model.norm=rmsnorm", "model.activation=swiglu",
+              "model.bias=false", "model.tie_embeddings=true"],
+    "qwen3": ["model.positions=rope", "model.norm=rmsnorm", "model.activation=swiglu",
+              "model.bias=false", "model.qk_norm=true", "model.n_kv_head=1"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def family_run(tmp_path_factory, wiki_data):
+    """family_run('gpt2' | 'llama' | 'qwen3', data=wiki_data) -> a finished run (trained once
+    per family and dataset per session, through the real CLI)."""
+    from tinylm.cli import main
+
+    made: dict[tuple[str, Path], Path] = {}
+
+    def make(family: str, data: Path = wiki_data) -> Path:
+        if (family, data) not in made:
+            out = tmp_path_factory.mktemp("runs") / family
+            settings = [o for o in TINY_OVERRIDES if not o.startswith("model.block_size")]
+            settings += ["model.block_size=64", *FAMILY_OVERRIDES[family]]
+            assert main(["train", f"data.path={data}", *settings, "--out", str(out)]) == 0
+            made[family, data] = out
+        return made[family, data]
+
+    return make

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tinylm.errors import TinyLMError
@@ -44,6 +46,19 @@ def temp_dir_beside(dest: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
+
+
+@contextmanager
+def built_dir(dest: Path) -> Iterator[Path]:
+    """Build a directory's replacement in a temporary one beside it: put in place whole
+    when the block ends, removed (nothing left behind) when it raises."""
+    tmp = temp_dir_beside(dest)
+    try:
+        yield tmp
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_dir(tmp: Path, dest: Path) -> None:

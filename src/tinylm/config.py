@@ -103,6 +103,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 """Weights' precision for generate/serve; auto: fp32 on a CPU (faster than bf16 at batch 1
 there, bench/RESULTS.md), the training precision on a GPU."""
+EXPORT_FORMATS = ("hf", "pt2", "gguf", "onnx")
+"""`tinylm export --format`: transformers, torch.export, llama.cpp, onnxruntime."""
+GGUF_TYPES = ("f32", "f16", "q8_0")
+"""GGUF weight types (`export --type`): f32 exact; f16 and q8_0 smaller (docs/interop.md)."""
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # The reference study's two widths; parameter counts 13.3M and 27.3M (untied).

@@ -8,6 +8,9 @@ and Qwen3ForCausalLM) that knows
     model_config(hf, ..)  the way back: a tinylm ModelConfig, refusing what tinylm lacks
     to_hf / from_hf       the weight-name map (and any transpose or split) both ways
     card_rows(model)      the architecture facts of the model card
+    gguf_arch, gguf_hparams(model), gguf_tensors(model)
+                          llama.cpp's name for the architecture, its hyper-parameter keys
+                          and its tensor names and layouts (for `--format gguf`, gguf.py)
 
 Export picks the first family whose refusal is None; import picks the family by the
 config.json `model_type`. Adding a family is one adapter here plus its entry in FAMILIES;
@@ -56,6 +59,20 @@ class Family:
     def card_rows(self, model: ModelConfig) -> list[tuple[str, str]]:
         raise NotImplementedError
 
+    gguf_arch: str
+    """llama.cpp's architecture name (GGUF `general.architecture`): 'gpt2', 'llama', 'qwen3'."""
+
+    def gguf_hparams(self, model: ModelConfig) -> dict[str, int | float]:
+        """The GGUF hyper-parameter keys (without the `ARCH.` prefix): an int is written as
+        uint32, a float as float32, the types llama.cpp reads them as."""
+        raise NotImplementedError
+
+    def gguf_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The weights under llama.cpp's names, in the layouts its graph expects (torch's
+        (out, in) order; GGUF lists dimensions the other way round). A tied output layer is
+        left out: llama.cpp then reuses token_embd."""
+        raise NotImplementedError
+
 
 def families() -> tuple[Family, ...]:
     """Every family, in the order export tries them."""
@@ -65,9 +82,9 @@ def families() -> tuple[Family, ...]:
     return (GPT2, LLAMA, QWEN3)
 
 
-def export_family(model: ModelConfig) -> Family:
+def export_family(model: ModelConfig, target: str = "Hugging Face format") -> Family:
     """The family that expresses `model` exactly; otherwise a one-line refusal that names
-    the option no transformers class here can express."""
+    the option no transformers class (or llama.cpp architecture) here can express."""
     refusals = {}
     for family in families():
         reason = family.refusal(model)
@@ -76,7 +93,7 @@ def export_family(model: ModelConfig) -> Family:
         refusals[family.name] = reason
     # The refusal of the family the model is closest to says what to change.
     nearest = "gpt2" if model.positions == "learned" else "qwen3" if model.qk_norm else "llama"
-    raise TinyLMError(f"cannot export to Hugging Face format: {refusals[nearest]}")
+    raise TinyLMError(f"cannot export to {target}: {refusals[nearest]}")
 
 
 def import_family(hf: dict[str, Any], where: str) -> Family:

@@ -32,6 +32,22 @@ _BLOCK_LINEARS = {
     "mlp.fc": "mlp.c_fc",
     "mlp.proj": "mlp.c_proj",
 }
+# tinylm name -> llama.cpp (GGUF) name, for `--format gguf`; every Linear keeps torch's
+# (out, in) layout, which is what ggml's mul_mat expects.
+_GGUF_TOP = {
+    "wte": "token_embd",
+    "wpe": "position_embd",
+    "ln_f": "output_norm",
+    "lm_head": "output",
+}
+_GGUF_BLOCK = {
+    "ln_1": "attn_norm",
+    "attn.qkv": "attn_qkv",
+    "attn.proj": "attn_output",
+    "ln_2": "ffn_norm",
+    "mlp.fc": "ffn_up",
+    "mlp.proj": "ffn_down",
+}
 # Buffers in older GPT-2 checkpoints (the causal mask), not weights: skipped on import.
 _GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
@@ -261,6 +277,36 @@ class GPT2Family(Family):
             ("positions", f"learned, {m.block_size} positions"),
             ("normalisation", f"LayerNorm (eps {m.norm_eps:g}) before attention and MLP"),
         ]  # fmt: skip
+
+    gguf_arch = "gpt2"
+
+    def gguf_hparams(self, model: ModelConfig) -> dict[str, int | float]:
+        check_exportable(model)
+        return {
+            "context_length": model.block_size,
+            "embedding_length": model.n_embd,
+            "feed_forward_length": model.hidden_size,
+            "block_count": model.n_layer,
+            "attention.head_count": model.n_head,
+            "attention.layer_norm_epsilon": float(model.norm_eps),
+            "vocab_size": model.vocab_size,
+        }
+
+    def gguf_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """blocks.0.attn.qkv.weight -> blk.0.attn_qkv.weight (fused q|k|v rows, as llama.cpp's
+        gpt2 graph splits them); wte.weight -> token_embd.weight."""
+        out = {}
+        for name, tensor in model.state_dict().items():
+            if model.config.tie_embeddings and name == "lm_head.weight":
+                continue
+            module, _, param = name.rpartition(".")
+            if module.startswith("blocks."):
+                _, index, rest = module.split(".", 2)
+                gguf = f"blk.{index}.{_GGUF_BLOCK[rest]}.{param}"
+            else:
+                gguf = f"{_GGUF_TOP[module]}.{param}"
+            out[gguf] = tensor.detach()
+        return out
 
 
 ACTIVATION_NAMES = {"gelu": "exact (erf) GELU", "gelu_tanh": "tanh-approximated GELU"}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from tinylm.atomic import replace_dir, temp_dir_beside
+from tinylm.atomic import built_dir
 from tinylm.config import Config
 from tinylm.confine import confined
 from tinylm.data.dataset import model_tokenizer
@@ -81,8 +80,7 @@ def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> E
     check_output_dir(out, overwrite, source)
     model = ckpt.model  # fp32, in eval mode: as load_for_inference leaves it
     dataset = Path(ckpt.config.data.path)
-    tmp = temp_dir_beside(out)
-    try:
+    with built_dir(out) as tmp:
         tok = export_tokenizer(
             ckpt.meta["tokenizer"]["name"],
             dataset if dataset.is_dir() else None,
@@ -104,10 +102,6 @@ def export_hf(source: str | Path, out: str | Path, overwrite: bool = False) -> E
         if not diff <= PARITY_TOLERANCE:  # a conversion bug: ours to fix, not the user's
             raise RuntimeError(f"exported logits differ from tinylm's by {diff:.3g}")
         write_model_card(ckpt, tmp / "README.md", tok.kind, diff, family)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out, model.num_parameters(), diff, tok.kind, family)
 
 
@@ -129,6 +123,20 @@ def random_tokens(config: Any, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """A full block of uniformly random token ids per row: (batch, block_size) int64."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(config.vocab_size, (batch, config.block_size), generator=generator)
+
+
+@torch.no_grad()
+def check_logits(model: GPT, other: Any, what: str) -> float:
+    """max |tinylm logits - other(idx)| on a full block of random tokens (2 rows) and on a
+    third of one (1 row): an export's runtime must agree at more than one shape. Above
+    PARITY_TOLERANCE it is a conversion bug, ours to fix (RuntimeError)."""
+    config, diff = model.config, 0.0
+    short = random_tokens(config, batch=1, seed=1)[:, : config.block_size // 3]
+    for idx in (random_tokens(config), short):
+        diff = max(diff, (other(idx).float() - model(idx).float()).abs().max().item())
+    if not diff <= PARITY_TOLERANCE:
+        raise RuntimeError(f"{what} logits differ from tinylm's by {diff:.3g}")
+    return diff
 
 
 @torch.no_grad()
@@ -256,8 +264,8 @@ def check_size(config: Config, weights: dict[str, torch.Tensor], config_file: Pa
 
 
 # A directory `--overwrite` may replace holds one of these: an earlier hf export
-# (config.json), pt2 export (model.pt2) or imported checkpoint (meta.json).
-OUTPUT_MARKS = ("config.json", "model.pt2", "meta.json")
+# (config.json), pt2, gguf or onnx export, or an imported checkpoint (meta.json).
+OUTPUT_MARKS = ("config.json", "model.pt2", "model.gguf", "model.onnx", "meta.json")
 
 
 def check_output_dir(out: Path, overwrite: bool, source: str | Path | None = None) -> None:

@@ -51,6 +51,22 @@ _BLOCK = {
 _TOP = {"wte.weight": "model.embed_tokens.weight", "ln_f.weight": "model.norm.weight",
         "lm_head.weight": "lm_head.weight"}  # fmt: skip
 
+# transformers name (after model.layers.N.) -> llama.cpp (GGUF) name, for `--format gguf`.
+_GGUF_BLOCK = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_GGUF_TOP = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+
 # What a config.json means when a key is absent (transformers' LlamaConfig defaults).
 LLAMA_DEFAULTS: dict[str, Any] = {
     "vocab_size": 32000,
@@ -246,6 +262,47 @@ class LlamaFamily(Family):
             ("biases", "yes" if m.bias else "none"),
         ]  # fmt: skip
 
+    # --- llama.cpp (GGUF) ------------------------------------------------------------
+
+    gguf_arch = "llama"
+    gguf_interleave_rope = True
+    """llama.cpp's llama graph rotates adjacent channel pairs (2i, 2i+1), where tinylm and
+    transformers pair i with i + hs/2; its qwen3 graph uses the rotate-half (NeoX) layout."""
+
+    def gguf_hparams(self, model: ModelConfig) -> dict[str, int | float]:
+        m, head_dim = model, model.n_embd // model.n_head
+        return {
+            "context_length": m.block_size,
+            "embedding_length": m.n_embd,
+            "feed_forward_length": m.hidden_size,
+            "block_count": m.n_layer,
+            "attention.head_count": m.n_head,
+            "attention.head_count_kv": m.kv_heads,
+            "attention.key_length": head_dim,
+            "attention.value_length": head_dim,
+            "attention.layer_norm_rms_epsilon": float(m.norm_eps),
+            "rope.dimension_count": head_dim,
+            "rope.freq_base": float(m.rope_base),
+            "vocab_size": m.vocab_size,
+        }
+
+    def gguf_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The transformers tensors (to_hf) under llama.cpp's names; for the llama graph the
+        query and key rows of each head reordered from rotate-half to interleaved pairs."""
+        config, out = model.config, {}
+        hs = config.n_embd // config.n_head
+        for hf_name, tensor in self.to_hf(model).items():
+            module, _, param = hf_name.rpartition(".")
+            if module.startswith("model.layers."):
+                index, rest = module.removeprefix("model.layers.").split(".", 1)
+                name = _GGUF_BLOCK[rest]
+                if self.gguf_interleave_rope and name in ("attn_q", "attn_k"):
+                    tensor = _interleave_heads(tensor, hs)
+                out[f"blk.{index}.{name}.{param}"] = tensor
+            else:
+                out[f"{_GGUF_TOP[module]}.{param}"] = tensor
+        return out
+
     # --- the weight-name map ---------------------------------------------------------
 
     def _names(self, config: ModelConfig) -> dict[str, list[str]]:
@@ -292,11 +349,24 @@ class Qwen3Family(LlamaFamily):
             return "model.bias=true: Qwen3ForCausalLM's MLP has no biases"
         return reason
 
+    gguf_arch = "qwen3"
+    gguf_interleave_rope = False
+
     def hf_config(self, model: ModelConfig, bos_id: int, eos_id: int) -> dict[str, Any]:
         config = super().hf_config(model, bos_id, eos_id)
         del config["mlp_bias"]
         config["use_sliding_window"] = False
         return config
+
+
+def _interleave_heads(tensor: torch.Tensor, head_size: int) -> torch.Tensor:
+    """Rows of each head from rotate-half order (0..hs/2-1 | hs/2..hs-1) to pairs
+    (0, hs/2, 1, hs/2+1, ...), so a rotation of adjacent pairs is tinylm's rotation.
+    tensor: (heads * hs, in) weight or (heads * hs,) bias."""
+    rest = tensor.shape[1:]
+    heads = tensor.shape[0] // head_size
+    halves = tensor.reshape(heads, 2, head_size // 2, *rest)  # (heads, 2, hs/2, ...)
+    return halves.transpose(1, 2).reshape(tensor.shape).contiguous()
 
 
 LLAMA = LlamaFamily()

@@ -12,16 +12,15 @@ loaded back and its logits must equal tinylm's on random inputs of two shapes.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from tinylm.atomic import replace_dir, temp_dir_beside
+from tinylm.atomic import built_dir
 from tinylm.data.tokenizer import get_tokenizer, is_named
 from tinylm.inference import load_for_inference
-from tinylm.interop.hf import PARITY_TOLERANCE, check_output_dir, random_tokens
+from tinylm.interop.hf import check_logits, check_output_dir, random_tokens
 from tinylm.interop.tokenizer import manifest_eot_id
 
 
@@ -40,8 +39,7 @@ def export_pt2(source: str | Path, out: str | Path, overwrite: bool = False) -> 
     example = random_tokens(config)  # (2, block_size)
     dynamic = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("T", max=config.block_size)},)
     program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
-    tmp = temp_dir_beside(out)
-    try:
+    with built_dir(out) as tmp:
         torch.export.save(program, tmp / "model.pt2")
         tokenizer = ckpt.meta["tokenizer"]["name"]
         info = {
@@ -53,19 +51,7 @@ def export_pt2(source: str | Path, out: str | Path, overwrite: bool = False) -> 
         }
         (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
         loaded = torch.export.load(tmp / "model.pt2").module()
-        diff = 0.0
-        with torch.no_grad():
-            for idx in (
-                example,
-                random_tokens(config, batch=1, seed=1)[:, : config.block_size // 3],
-            ):
-                diff = max(diff, (loaded(idx) - model(idx)).abs().max().item())
-        if not diff <= PARITY_TOLERANCE:  # an export bug: ours to fix, not the user's
-            raise RuntimeError(f"exported program's logits differ from tinylm's by {diff:.3g}")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        diff = check_logits(model, loaded, "exported program's")
     return Pt2Result(out, model.num_parameters(), diff)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinylm.data.tokenizer import EOT, GPT2_CUT, GPT2_VOCAB, get_tokenizer
+from tinylm.data.tokenizer import EOT, GPT2_CUT, GPT2_PATTERN, GPT2_VOCAB, get_tokenizer
 from tinylm.errors import TinyLMError
 from tinylm.packages import package_data
 
@@ -169,3 +169,121 @@ def _read_hf_vocab_and_merges(hf_dir: Path) -> tuple[dict[str, int], list[str]] 
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TinyLMError(f"{hf_dir}: unreadable tokenizer files ({err})") from None
     return None
+
+
+# --- GGUF (llama.cpp) vocabularies ----------------------------------------------------
+
+GGUF_PRE_TOKENIZER = "gpt-2"
+"""llama.cpp's name for GPT-2's pre-tokenizer regex (tokenizer.ggml.pre)."""
+# llama.cpp token types (tokenizer.ggml.token_type): an ordinary BPE piece, a special
+# token that ordinary text never produces, a slot the tokenizer never uses.
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5
+# The pre-tokenizer patterns that are GPT-2's (HF tokenizers' ByteLevel regex, tiktoken's).
+_GPT2_REGEXES = {
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    GPT2_PATTERN,
+}
+
+
+@dataclass
+class GgufVocab:
+    """A byte-level BPE as llama.cpp's `gpt2` tokenizer model reads it."""
+
+    tokens: list[str]
+    """Every id's piece in GPT-2's byte-to-character spelling, padded to the model's rows."""
+    types: list[int]
+    merges: list[str]
+    """Merge rules by rank, 'a b'."""
+    eos_id: int
+    kind: str
+    """'gpt2', 'gpt2-N' or 'tokenizer.json' (a byte-level BPE in the dataset)."""
+
+
+def gguf_vocab(name: str, dataset: Path | None, rows: int) -> GgufVocab:
+    """The tokenizer a model trained with, for GGUF; refuses, in one line, any tokenizer
+    whose pre-tokenizer or pieces llama.cpp would not reproduce. rows: the model's
+    vocab_size (ids past the tokenizer's are written as unused padding)."""
+    if name == "gpt2" or GPT2_CUT.fullmatch(name):  # all of GPT-2's BPE, or its first merges
+        vocab, merges = _gpt2_vocab_and_merges(get_tokenizer(name).vocab_size)
+        eos_id, kind = vocab[EOT], name
+        specials = {eos_id}
+    elif dataset is not None and (dataset / TOKENIZER_JSON).is_file():
+        vocab, merges, specials = _byte_level_bpe(dataset / TOKENIZER_JSON)
+        eos_id, kind = manifest_eot_id(dataset), "tokenizer.json"
+        eos_id = vocab.get(EOT) if eos_id is None else eos_id
+        if eos_id is None:
+            raise TinyLMError(f"{dataset / TOKENIZER_JSON}: no end-of-text token ({EOT})")
+        specials.add(eos_id)
+    else:
+        where = f" (no {dataset / TOKENIZER_JSON})" if dataset is not None else ""
+        raise TinyLMError(
+            f"tokenizer {name!r} cannot be written to GGUF{where}: llama.cpp reproduces "
+            "GPT-2's BPE (gpt2, gpt2-N) and byte-level BPEs saved as "
+            "DATASET/tokenizer/tokenizer.json only; "
+            "train with one of those to export for llama.cpp"
+        )
+    by_id = {i: piece for piece, i in vocab.items()}
+    size = max(by_id) + 1
+    holes = [i for i in range(size) if i not in by_id]
+    if holes or size > rows:
+        raise TinyLMError(
+            f"tokenizer {name!r}: ids are not 0..{size - 1} without gaps"
+            if holes
+            else f"tokenizer {name!r} has {size} tokens but the model only {rows} rows"
+        )
+    tokens = [by_id[i] for i in range(size)] + [f"[PAD{i}]" for i in range(size, rows)]
+    types = [TOKEN_CONTROL if i in specials else TOKEN_NORMAL for i in range(size)]
+    return GgufVocab(tokens, types + [TOKEN_UNUSED] * (rows - size), merges, eos_id, kind)
+
+
+def _byte_level_bpe(file: Path) -> tuple[dict[str, int], list[str], set[int]]:
+    """vocab, merges and special ids of a GPT-2-style byte-level BPE tokenizer.json; refuses
+    anything llama.cpp's gpt2 tokenizer would encode differently."""
+    try:
+        spec = json.loads(file.read_text(encoding="utf-8"))
+        model = spec["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TinyLMError(f"{file}: not a readable tokenizer.json") from None
+    problem = None
+    if model.get("type") != "BPE":
+        problem = f"its model is {model.get('type')!r}, not BPE"
+    elif spec.get("normalizer") is not None:
+        problem = "it has a normalizer (llama.cpp's gpt2 tokenizer has none)"
+    elif not _is_gpt2_byte_level(spec.get("pre_tokenizer")):
+        problem = "its pre-tokenizer is not GPT-2's byte-level one"
+    elif model.get("dropout") or model.get("byte_fallback") or model.get("ignore_merges"):
+        problem = "it uses BPE dropout, byte fallback or ignore_merges"
+    elif model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        problem = "it marks word pieces with a prefix or suffix"
+    if problem:
+        raise TinyLMError(f"{file}: cannot be written to GGUF: {problem}")
+    vocab = dict(model.get("vocab", {}))
+    specials = set()
+    for added in spec.get("added_tokens") or []:
+        vocab[added["content"]] = added["id"]
+        if added.get("special", False):
+            specials.add(added["id"])
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return vocab, merges, specials
+
+
+def _is_gpt2_byte_level(pre: Any) -> bool:
+    """ByteLevel(add_prefix_space=False) with its own (GPT-2) regex, or GPT-2's regex as a
+    Split followed by ByteLevel without one."""
+    if not isinstance(pre, dict):
+        return False
+    if pre.get("type") == "ByteLevel":
+        return not pre.get("add_prefix_space", False) and pre.get("use_regex", True)
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if not steps or len(steps) != 2:
+        return False
+    split, level = steps
+    return (
+        split.get("type") == "Split"
+        and split.get("pattern", {}).get("Regex") in _GPT2_REGEXES
+        and split.get("behavior") == "Isolated"
+        and not split.get("invert", False)
+        and level.get("type") == "ByteLevel"
+        and not level.get("add_prefix_space", False)
+        and not level.get("use_regex", True)
+    )
