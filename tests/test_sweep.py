@@ -310,7 +310,7 @@ def test_runs_with_their_own_base_are_evaluated_on_other_data_too(wiki_data, tmp
         },
     )
     sweep = load_sweep(sweep_file)
-    assert [sweep.base_of(r).name for r in sweep.runs] == ["a.yaml", "b.yaml"]
+    assert [r.base.name for r in sweep.runs] == ["a.yaml", "b.yaml"]
     assert sweep.other_data(sweep.runs[1]) == {str(ood): ["test"]}
     assert main(["sweep", str(sweep_file)]) == 0
     for name, lr in (("a", 3e-3), ("b", 1e-3)):

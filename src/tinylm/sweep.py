@@ -54,7 +54,7 @@ class SweepRun:
     """`section.key=value` strings after the base file, in the order they apply."""
     out: Path
     base: Path | None = None
-    """The run's own base config (an entry's `base:`), else the sweep's."""
+    """The base config: the entry's own `base:`, else the sweep's."""
 
 
 @dataclass
@@ -70,19 +70,15 @@ class Sweep:
     """DATASET:SPLIT templates evaluated after each run; {data} is the run's data.path."""
 
     def train_command(self, run: SweepRun) -> list[str]:
-        base = self.base_of(run)
-        return [*_tinylm(), "train", *([str(base)] if base else []), *run.overrides, "--out",
-                str(run.out)]  # fmt: skip
-
-    def base_of(self, run: SweepRun) -> Path | None:
-        return run.base or self.base
+        base = [str(run.base)] if run.base else []
+        return [*_tinylm(), "train", *base, *run.overrides, "--out", str(run.out)]
 
     def eval_command(self, run: SweepRun) -> list[str]:
         return [*_tinylm(), "eval", str(run.out), "--split", *self.eval_splits]
 
     def other_data(self, run: SweepRun) -> dict[str, list[str]]:
         """The run's eval_data: dataset path -> splits, {data} filled in."""
-        data = load_config(self.base_of(run), run.overrides).data.path
+        data = load_config(run.base, run.overrides).data.path
         found: dict[str, list[str]] = {}
         for entry in self.eval_data:
             path, split = entry.replace("{data}", data).rsplit(":", 1)
@@ -109,7 +105,7 @@ class Sweep:
         if rundir.config.is_file():
             from tinylm.training.trainer import resolve_model  # torch: only when needed
 
-            wanted = load_config(self.base_of(run), run.overrides)
+            wanted = load_config(run.base, run.overrides)
             resolve_model(wanted)  # as the run's config.yaml holds it
             diffs = config_differences(wanted, load_config(rundir.config))
             if diffs:
@@ -214,7 +210,7 @@ def load_sweep(
             *_as_overrides(scale_set),
             *(extra or []),
         ]
-        sweep.runs.append(SweepRun(name, overrides, sweep.out / name, own_base))
+        sweep.runs.append(SweepRun(name, overrides, sweep.out / name, own_base or base))
     return sweep
 
 
@@ -234,7 +230,7 @@ def check_configs(sweep: Sweep) -> None:
     """Build every run's config (the data need not exist yet): a typo fails before any run."""
     for run in sweep.runs:
         try:
-            load_config(sweep.base_of(run), run.overrides)
+            load_config(run.base, run.overrides)
         except TinyLMError as err:
             raise TinyLMError(f"run {run.name}: {err}") from None
 
