@@ -31,6 +31,7 @@ SWEEPS = [
     "recipe_finals_30min",
     "recipe_finals_5min",
     "recipe_search",
+    "recipe_search_30min",
     "seed_study",
 ]
 CONFIG_FILES = [

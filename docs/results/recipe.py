@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,6 +45,8 @@ PROMPTS = ("The history of", "In the year 1861, the President", "The King said t
 SLICE = "val bits/byte: periodic, the first ~8k tokens of val"
 """The curves' y axis: the validations during training see a slice of val (its first 4-8
 batches), harder text than the whole split, so they sit above the tables' numbers."""
+ROOTS = ("baseline-b8-lr1.5e-3", "centre")
+"""The first runs of the two 5-minute searches; the recipe's own rows start from lr-half."""
 SAMPLE_CHARS = 240  # continuations are cut here (at a space): tokenizers' tokens differ in size
 
 
@@ -114,8 +117,8 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def describe(run: Run, base: dict[str, Any]) -> str:
-    """The settings in which a run's config differs from `base` (its sweep's centre)."""
+def differences(run: Run, base: dict[str, Any]) -> list[str]:
+    """The settings in which a run's config differs from `base`, seed aside."""
     parts = []
     for section, fields in run.config.items():
         for k, v in fields.items():
@@ -123,22 +126,29 @@ def describe(run: Run, base: dict[str, Any]) -> str:
                 continue
             if base.get(section, {}).get(k) != v:
                 parts.append(f"{section}.{k}={v}")
-    return ", ".join(parts) or "(its sweep's first run)"
+    return parts
 
 
-def search_table(runs: list[Run], centres: dict[str, dict[str, Any]]) -> str:
-    """Every run of the 5-minute search (seed 1337), best val first."""
-    rows = [r for r in runs if r.path.parent.name == "5min"]
-    rows.sort(key=lambda r: r.bpb["val"] if r.bpb["val"] is not None else 99)
+def describe(run: Run, centres: dict[str, dict[str, Any]]) -> str:
+    """What a run changes in the nearest other centre (the fewest differences)."""
+    if run.path.name in ROOTS or str(run.path) in centres:
+        return "(a centre)"
+    others = ((n, differences(run, c)) for n, c in centres.items() if n != run.path.name)
+    name, parts = min(others, key=lambda item: len(item[1]))
+    return f"{name}: " + ", ".join(parts)
+
+
+def search_table(rows: list[Run], centres: dict[str, dict[str, Any]]) -> str:
+    """Search runs (seed 1337), best val first, each with what it changes in its centre."""
+    rows = sorted(rows, key=lambda r: r.bpb["val"] if r.bpb["val"] is not None else 99)
     lines = [
-        "| run | differs from its centre | params | tokens/s | kB/s | tokens | val | test | "
+        "| run | differs from (run: settings) | params | tokens/s | kB/s | tokens | val | test | "
         "shakespeare | bible |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        centre = centres["baseline" if r.path.name.startswith("baseline") else "recipe"]
         lines.append(
-            f"| {r.path.name} | {describe(r, centre)} | {r.params / 1e6:.1f}M | "
+            f"| {r.path.name} | {describe(r, centres)} | {r.params / 1e6:.1f}M | "
             f"{r.tokens_per_s:,.0f} | {r.bytes_per_s / 1e3:.1f} | {r.tokens / 1e6:.2f}M | "
             + " | ".join(fmt(r.bpb[s]) for s in SETS)
             + " |"
@@ -251,6 +261,32 @@ def plot_ood(runs: list[Run], out: Path) -> None:
     plt.close(fig)
 
 
+def ood_fit(runs: list[Run], found: dict[int, dict[str, list[Run]]]) -> str:
+    """How out-of-domain bits per byte follow val across the 5-minute runs: a least-squares
+    line per set, and the val gain it would take to reach the target's -5% on that set."""
+    rows = [r for r in runs if r.config["train"]["max_minutes"] <= 5]
+    baseline = found.get(5, {}).get("baseline", [])
+    lines = [
+        f"Least-squares lines over the {len(rows)} five-minute runs (every seed):\n",
+        "| set | slope (bits/byte per bit/byte of val) | correlation | baseline (5 min) | "
+        "−5% of it | val gain the line needs for it |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("test", "shakespeare", "bible"):
+        pairs = [(r.bpb["val"], r.bpb[name]) for r in rows
+                 if r.bpb["val"] is not None and r.bpb[name] is not None]  # fmt: skip
+        if len(pairs) < 3:
+            continue
+        xs, ys = zip(*pairs, strict=True)
+        slope, _ = np.polyfit(xs, ys, 1)
+        corr = float(np.corrcoef(xs, ys)[0, 1])
+        base = median([r.bpb[name] for r in baseline])
+        need = f"{0.05 * base / slope:.2f}" if base and slope > 0 else "-"
+        lines.append(f"| {name} | {slope:.2f} | {corr:.2f} | {fmt(base)} | "
+                     f"{fmt(0.05 * base if base else None)} | {need} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def samples(found: dict[int, dict[str, list[Run]]]) -> str:
     """The same prompts and sampling seed for the baseline and the recipe at each budget."""
     from tinylm.inference import Sampling, complete, load_for_inference
@@ -309,13 +345,22 @@ def main() -> None:
     runs = read_runs(args.runs)
     if not runs:
         raise SystemExit(f"{args.runs}: no evaluated runs; run the sweeps in {DOC} first")
-    # Each search run is described by what it changes in its sweep's first run.
-    first = {"baseline": "baseline-b8-lr1.5e-3", "recipe": "centre"}
-    centres = {k: read_yaml(args.runs / "5min" / name / "config.yaml") for k, name in first.items()}
+    # Each search run is described by what it changes in the nearest of these runs.
+    centres = {name: read_yaml(args.runs / "5min" / name / "config.yaml")
+               for name in (*ROOTS, "lr-half")}  # fmt: skip
     found = finals(runs)
     doc = DOC.read_text(encoding="utf-8")
-    doc = fill(doc, "search", search_table(runs, centres))
+    doc = fill(
+        doc, "search", search_table([r for r in runs if r.path.parent.name == "5min"], centres)
+    )
+    # At 30 minutes: the search's runs against both finalists' seed-1337 runs.
+    thirty = [r for r in runs if r.path.parent.name == "30min"]
+    thirty += [r for group in found.get(30, {}).values() for r in group if r.seed == 1337]
+    centres = {str(r.path): read_yaml(r.path / "config.yaml") for r in thirty
+               if r.path.parent.name == FINALS[30]}  # fmt: skip
+    doc = fill(doc, "search30", search_table(thirty, centres))
     doc = fill(doc, "finals", finals_table(found))
+    doc = fill(doc, "ood", ood_fit(runs, found))
     if not args.no_samples:
         doc = fill(doc, "samples", samples(found))
     DOC.write_text(doc, encoding="utf-8")
