@@ -31,7 +31,6 @@ SWEEPS = [
     "recipe_finals_30min",
     "recipe_finals_5min",
     "recipe_search",
-    "recipe_search_30min",
     "seed_study",
 ]
 CONFIG_FILES = [

@@ -131,7 +131,7 @@ def differences(run: Run, base: dict[str, Any]) -> list[str]:
 
 def describe(run: Run, centres: dict[str, dict[str, Any]]) -> str:
     """What a run changes in the nearest other centre (the fewest differences)."""
-    if run.path.name in ROOTS or str(run.path) in centres:
+    if run.path.name in ROOTS:
         return "(a centre)"
     others = ((n, differences(run, c)) for n, c in centres.items() if n != run.path.name)
     name, parts = min(others, key=lambda item: len(item[1]))
@@ -350,15 +350,8 @@ def main() -> None:
                for name in (*ROOTS, "lr-half")}  # fmt: skip
     found = finals(runs)
     doc = DOC.read_text(encoding="utf-8")
-    doc = fill(
-        doc, "search", search_table([r for r in runs if r.path.parent.name == "5min"], centres)
-    )
-    # At 30 minutes: the search's runs against both finalists' seed-1337 runs.
-    thirty = [r for r in runs if r.path.parent.name == "30min"]
-    thirty += [r for group in found.get(30, {}).values() for r in group if r.seed == 1337]
-    centres = {str(r.path): read_yaml(r.path / "config.yaml") for r in thirty
-               if r.path.parent.name == FINALS[30]}  # fmt: skip
-    doc = fill(doc, "search30", search_table(thirty, centres))
+    search = [r for r in runs if r.path.parent.name == "5min"]
+    doc = fill(doc, "search", search_table(search, centres))
     doc = fill(doc, "finals", finals_table(found))
     doc = fill(doc, "ood", ood_fit(runs, found))
     if not args.no_samples:
