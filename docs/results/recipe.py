@@ -46,7 +46,7 @@ SLICE = "val bits/byte: periodic, the first ~8k tokens of val"
 """The curves' y axis: the validations during training see a slice of val (its first 4-8
 batches), harder text than the whole split, so they sit above the tables' numbers."""
 ROOTS = ("baseline-b8-lr1.5e-3", "centre")
-"""The first runs of the two 5-minute searches; the recipe's own rows start from lr-half."""
+"""The first runs of the two 5-minute searches; later rows start from lr-half or batch-32."""
 SAMPLE_CHARS = 240  # continuations are cut here (at a space): tokenizers' tokens differ in size
 
 
@@ -347,7 +347,7 @@ def main() -> None:
         raise SystemExit(f"{args.runs}: no evaluated runs; run the sweeps in {DOC} first")
     # Each search run is described by what it changes in the nearest of these runs.
     centres = {name: read_yaml(args.runs / "5min" / name / "config.yaml")
-               for name in (*ROOTS, "lr-half")}  # fmt: skip
+               for name in (*ROOTS, "lr-half", "batch-32")}  # fmt: skip
     found = finals(runs)
     doc = DOC.read_text(encoding="utf-8")
     search = [r for r in runs if r.path.parent.name == "5min"]
